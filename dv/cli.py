@@ -1,0 +1,106 @@
+"""The `dv` command: Lightning's fit/validate/test/predict (LightningCLI, `--recipe FILE`) and dv's own commands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from dv import __version__
+from dv.errors import DVError
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _recipe_to_config(args: list[str]) -> list[str]:
+    """LightningCLI names its YAML `--config`; dv calls it `--recipe`. Checkpoints load with weights_only."""
+    out = []
+    for a in args:
+        if a == "--recipe":
+            out.append("--config")
+        elif a.startswith("--recipe="):
+            out.append("--config=" + a.split("=", 1)[1])
+        else:
+            out.append(a)
+    if not any(a.startswith("--weights_only") for a in out) and not any(a in ("-h", "--help") for a in out):
+        out.insert(1, "--weights_only=true")
+    return out
+
+
+def run_lightning(args: list[str]) -> None:
+    """Hand the command to LightningCLI with dv's defaults."""
+    import lightning as L
+    from lightning.pytorch.cli import LightningCLI
+
+    LightningCLI(
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=_recipe_to_config(args),
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": f"dv {args[0]}"},
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of dv's own commands (the Lightning ones are parsed by LightningCLI)."""
+    parser = argparse.ArgumentParser(
+        prog="dv",
+        description="Train, sample and evaluate DreamVideo-style image-to-video diffusion models.",
+        epilog="Lightning commands: dv {fit,validate,test,predict} --recipe FILE [--trainer.max_steps=N ...] "
+        "(see `dv fit --help`).",
+    )
+    parser.add_argument("--version", action="version", version=f"dv {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in LIGHTNING_COMMANDS:
+        sub.add_parser(name, help=f"Lightning {name} of a recipe (dv {name} --recipe FILE)", add_help=False)
+    info = sub.add_parser("info", help="parameter counts of a recipe's model, built on the meta device")
+    info.add_argument("--recipe", required=True)
+    export = sub.add_parser("export", help="write a checkpoint's trained weights to one safetensors file")
+    export.add_argument("--recipe", required=True)
+    export.add_argument("--ckpt", required=True)
+    export.add_argument("--out", required=True)
+    export.add_argument("--no-ema", action="store_true", help="export the raw weights even when an EMA was kept")
+    return parser
+
+
+def dispatch(argv: list[str]) -> None:
+    """Run one dv command."""
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        return run_lightning(argv)
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        build_parser().print_help()
+        return
+    if args.command == "info":
+        from dv import info
+
+        info.run(args.recipe)
+    elif args.command == "export":
+        from dv.lit.export import export_checkpoint
+
+        path = export_checkpoint(args.recipe, args.ckpt, args.out, use_ema=not args.no_ema)
+        print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `dv` console script."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    # Denormal floats make CPU kernels up to 15x slower on small diffusion models (measured on the demo recipe).
+    torch.set_flush_denormal(True)
+    try:
+        dispatch(list(sys.argv[1:] if argv is None else argv))
+    except DVError as e:
+        print(f"dv: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("dv: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

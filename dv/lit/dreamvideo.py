@@ -1,0 +1,68 @@
+"""DreamVideoModule: the Image Retention branch plus the backbone's temporal layers (paper §4.2, §5.1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dv.errors import ConfigError
+from dv.lit.t2v import DiffusionConfig, OptimConfig, T2VModule
+from dv.models.backbone import BackboneConfig
+from dv.models.conditions import drop_conditions, reference_image
+from dv.models.retention import RetentionBranch
+
+
+@dataclass
+class RetentionConfig:
+    """The Image Retention branch's own settings."""
+
+    fusion: str = "add"
+    """How conv_d(z_t) and conv_s(I) are fused: 'add' (paper §4.2) or 'concat' (the abstract's wording)."""
+    image_channels: tuple[int, ...] = (16, 32, 96, 256)
+    """Channels of conv_s's stages; one more entry than the autoencoder's log2 downscale."""
+
+
+class DreamVideoModule(T2VModule):
+    """Image-to-video training: retention branch + temporal layers, image and text condition dropout."""
+
+    def __init__(
+        self,
+        backbone: BackboneConfig | None = None,
+        retention: RetentionConfig | None = None,
+        trainable: str = "temporal",
+        diffusion: DiffusionConfig | None = None,
+        optim: OptimConfig | None = None,
+        p_drop_text: float = 0.1,
+        p_drop_image: float = 0.1,
+        ema_decay: float | None = None,
+    ) -> None:
+        """
+        Args:
+            backbone: the T2V backbone (with its pretrained weights).
+            retention: the Image Retention branch.
+            trainable: which U-Net layers train beside the branch: 'temporal' (paper) or 'all'.
+            diffusion: the noise process and prediction target.
+            optim: AdamW and warm-up.
+            p_drop_text: probability of replacing a caption by the empty prompt (paper: 0.1).
+            p_drop_image: probability of replacing the reference image by a white image (paper: 0.1).
+            ema_decay: keep an EMA of the trainable weights with this decay.
+        """
+        super().__init__(backbone, trainable, diffusion, optim, p_drop_text, ema_decay)
+        if not 0.0 <= p_drop_image <= 1.0:
+            raise ConfigError(f"model.p_drop_image must be in [0, 1], not {p_drop_image}")
+        self.retention = retention or RetentionConfig()
+        self.p_drop_image = p_drop_image
+
+    def build_branch(self) -> None:
+        """The branch starts as a copy of the (pretrained) U-Net's input, time, down and mid parts."""
+        self.branch = RetentionBranch.from_unet(
+            self.backbone.unet,
+            downscale=self.backbone.autoencoder.downscale,
+            fusion=self.retention.fusion,
+            image_channels=tuple(self.retention.image_channels),
+        )
+
+    def conditions(self, captions, video, drop, generator):
+        """Text embeddings and z_s of the first frame, after independent text and image dropout when `drop`."""
+        p_text, p_image = (self.p_drop_text, self.p_drop_image) if drop else (0.0, 0.0)
+        captions, images, _, _ = drop_conditions(captions, reference_image(video), p_text, p_image, generator)
+        return self.backbone.encode_text(captions), self.branch.encode_image(images)

@@ -1,0 +1,45 @@
+"""Export of a training checkpoint's trained weights to one safetensors file (`dv export`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from dv import __version__
+from dv.recipe import build_model, load_checkpoint, restore_trained_weights
+
+
+def plain(value):
+    """Dataclasses, tuples and dicts turned into JSON-friendly dicts and lists (weights_only-safe checkpoints)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def export_checkpoint(recipe: str, ckpt: str, out: str, use_ema: bool = True) -> str:
+    """Write the trained weights of `ckpt` (EMA when kept) as safetensors at `out`; returns `out`."""
+    from dv.models.pretrained import save_dv_weights
+
+    module = build_model(recipe)
+    module.configure_model()
+    restore_trained_weights(module, ckpt, use_ema=False)
+    checkpoint = load_checkpoint(ckpt)
+    if use_ema and module.ema is not None and "ema" in checkpoint:
+        module.ema.load_state_dict(checkpoint["ema"])
+    state = module.trained_state_dict(use_ema=use_ema)
+    parts = sorted({k.split(".", 1)[0] for k in state})
+    metadata = {
+        "format": "dv",
+        "dv_version": __version__,
+        "parts": ",".join(parts),
+        "module": type(module).__name__,
+        "step": str(checkpoint.get("global_step", "")),
+        "ema": str(bool(use_ema and module.ema is not None)),
+        "hyper_parameters": json.dumps(plain(checkpoint.get("hyper_parameters", {}))),
+    }
+    save_dv_weights(out, state, metadata)
+    return out

@@ -1,0 +1,248 @@
+"""T2VModule: trains the backbone's temporal layers (or all of the U-Net) on video–text data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from dv import __version__
+from dv.errors import ConfigError, TrainingError, WeightsError
+from dv.lit.ema import TrainableEMA
+from dv.lit.export import plain
+from dv.models.backbone import Backbone, BackboneConfig, is_temporal
+from dv.models.conditions import drop_conditions, video_to_model
+from dv.models.denoiser import Denoiser
+
+
+@dataclass
+class DiffusionConfig:
+    """The training noise process (a diffusers DDPMScheduler) and what the network predicts."""
+
+    prediction_type: str = "epsilon"
+    """'epsilon' (ModelScope) or 'v_prediction'."""
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "scaled_linear"
+    """diffusers beta schedule; ModelScope uses 'scaled_linear' from 0.00085 to 0.012."""
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    loss_buckets: int = 4
+    """The loss is also logged per timestep bucket: this many equal ranges of t."""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up, over the trainable parameters only."""
+
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 500
+
+
+class T2VModule(L.LightningModule):
+    """Text-to-video latent diffusion training of a UNet3DConditionModel backbone."""
+
+    def __init__(
+        self,
+        backbone: BackboneConfig | None = None,
+        trainable: str = "temporal",
+        diffusion: DiffusionConfig | None = None,
+        optim: OptimConfig | None = None,
+        p_drop_text: float = 0.1,
+        ema_decay: float | None = None,
+    ) -> None:
+        """
+        Args:
+            backbone: U-Net, autoencoder and text encoder, with their local weights.
+            trainable: 'temporal' (paper: Temp-Conv, Temp-Attn, input temporal transformer) or 'all' of the U-Net.
+            diffusion: the noise process and prediction target.
+            optim: AdamW and warm-up.
+            p_drop_text: probability of replacing a caption by the empty prompt (classifier-free guidance).
+            ema_decay: keep an EMA of the trainable weights with this decay (used for validation and export).
+        """
+        super().__init__()
+        backbone = backbone or BackboneConfig()
+        diffusion = diffusion or DiffusionConfig()
+        optim = optim or OptimConfig()
+        if trainable not in ("temporal", "all"):
+            raise ConfigError(f"model.trainable must be 'temporal' or 'all', not {trainable!r}")
+        if diffusion.prediction_type not in ("epsilon", "v_prediction"):
+            raise ConfigError(f"diffusion.prediction_type must be 'epsilon' or 'v_prediction', not {diffusion.prediction_type!r}")
+        for name, p in (("p_drop_text", p_drop_text),):
+            if not 0.0 <= p <= 1.0:
+                raise ConfigError(f"model.{name} must be in [0, 1], not {p}")
+        self.save_hyperparameters()
+        self.backbone_config = backbone
+        self.trainable = trainable
+        self.diffusion = diffusion
+        self.optim = optim
+        self.p_drop_text = p_drop_text
+        self.ema_decay = ema_decay
+        self.noise_scheduler = DDPMScheduler(
+            num_train_timesteps=diffusion.num_train_timesteps,
+            beta_schedule=diffusion.beta_schedule,
+            beta_start=diffusion.beta_start,
+            beta_end=diffusion.beta_end,
+            prediction_type=diffusion.prediction_type,
+        )
+        self.backbone: Backbone | None = None
+        self.branch = None
+        self.ema: TrainableEMA | None = None
+        # Checkpoints hold only the trainable weights; frozen ones come back from the recipe's files.
+        self.strict_loading = False
+
+    # ---- building -------------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Build the networks (under the strategy's init context), load weights, freeze what is not trained."""
+        if self.backbone is not None:
+            return
+        on_meta = torch.empty(0).device.type == "meta"
+        self.backbone = Backbone(self.backbone_config, load_weights=not on_meta)
+        self.build_branch()
+        self.requires_grad_(False)
+        for _, p in self.trainable_parameters():
+            p.requires_grad_(True)
+        if self.ema_decay is not None:
+            self.ema = TrainableEMA(self.trainable_parameters(), self.ema_decay)
+
+    def build_branch(self) -> None:
+        """Hook for modules that add a conditioning branch; the T2V backbone has none."""
+
+    def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """(name, parameter) of everything the optimizer trains, in a fixed order."""
+        named = [
+            (f"backbone.unet.{n}", p)
+            for n, p in self.backbone.unet.named_parameters()
+            if self.trainable == "all" or is_temporal(n)
+        ]
+        if self.branch is not None:
+            named += [(f"branch.{n}", p) for n, p in self.branch.named_parameters()]
+        return named
+
+    @property
+    def denoiser(self) -> Denoiser:
+        """ε(z_t, t, text, image features) over the U-Net and branch."""
+        return Denoiser(self.backbone.unet, self.branch)
+
+    def train(self, mode: bool = True):
+        """Frozen encoders stay in eval mode whatever Lightning asks."""
+        super().train(mode)
+        if self.backbone is not None:
+            self.backbone.autoencoder.eval()
+            self.backbone.text.eval()
+        return self
+
+    # ---- one step -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_video(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled latents of a model-range video (B, C, T, H, W)."""
+        return self.backbone.autoencoder.encode(video, generator=generator)
+
+    def conditions(
+        self, captions: list[str], video: torch.Tensor, drop: bool, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Text embeddings and image features, after condition dropout when `drop` (T2V: text only)."""
+        captions, _, _, _ = drop_conditions(captions, None, self.p_drop_text if drop else 0.0, 0.0, generator)
+        return self.backbone.encode_text(captions), None
+
+    def diffusion_loss(self, batch: dict, generator: torch.Generator | None, drop: bool):
+        """Per-sample MSE of the model's prediction at a random timestep, and those timesteps."""
+        video = video_to_model(batch["video"])
+        latents = self.encode_video(video, generator=generator)
+        text, image_features = self.conditions(list(batch["caption"]), video, drop, generator)
+        b = latents.shape[0]
+        t = torch.randint(0, self.diffusion.num_train_timesteps, (b,), generator=generator).to(self.device)
+        noise = torch.randn(latents.shape, generator=generator).to(latents)
+        noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        target = noise if self.diffusion.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(latents, noise, t)
+        pred = self.denoiser(noisy, t, text, image_features)
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3, 4))
+        return per_sample, t
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        per_sample, t = self.diffusion_loss(batch, None, drop=True)
+        loss = per_sample.mean()
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"the training loss is {loss.item()} at step {self.global_step}; lower optim.lr or check the data "
+                "(no checkpoint of this step was written)"
+            )
+        b = per_sample.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        n = self.diffusion.loss_buckets
+        bucket = t * n // self.diffusion.num_train_timesteps
+        width = self.diffusion.num_train_timesteps // n
+        for k in range(n):
+            mask = bucket == k
+            if mask.any():
+                self.log(f"train/loss_t{k * width:04d}-{(k + 1) * width - 1:04d}", per_sample[mask].mean(), batch_size=int(mask.sum()))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        # Fixed noise and timesteps per batch, so the validation loss of two checkpoints is comparable.
+        generator = torch.Generator().manual_seed(10_000 + batch_idx)
+        per_sample, _ = self.diffusion_loss(batch, generator, drop=False)
+        self.log("val/loss", per_sample.mean(), prog_bar=True, batch_size=per_sample.shape[0], sync_dist=True)
+
+    # ---- optimisation ---------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        params = [p for _, p in self.trainable_parameters()]
+        opt = torch.optim.AdamW(params, lr=self.optim.lr, betas=tuple(self.optim.betas), weight_decay=self.optim.weight_decay)
+        warmup = max(1, self.optim.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        grads = [p.grad for _, p in self.trainable_parameters() if p.grad is not None]
+        if grads:
+            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema is not None:
+            self.ema.update()
+
+    def on_fit_start(self) -> None:
+        if self.ema is not None:
+            self.ema.to(self.device)
+
+    def on_validation_epoch_start(self) -> None:
+        if self.ema is not None:
+            self.ema.to(self.device)
+            self._ema_ctx = self.ema.swapped()
+            self._ema_ctx.__enter__()
+
+    def on_validation_epoch_end(self) -> None:
+        if getattr(self, "_ema_ctx", None) is not None:
+            self._ema_ctx.__exit__(None, None, None)
+            self._ema_ctx = None
+
+    # ---- checkpoints ----------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        keep = {n for n, _ in self.trainable_parameters()}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["dv_version"] = __version__
+        # Plain dicts, so that the checkpoint loads with torch.load(weights_only=True).
+        checkpoint["hyper_parameters"] = plain(checkpoint.get("hyper_parameters", {}))
+        if self.ema is not None:
+            checkpoint["ema"] = self.ema.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        expected = {n for n, _ in self.trainable_parameters()}
+        missing = sorted(expected - set(checkpoint["state_dict"]))
+        if missing:
+            raise WeightsError(
+                f"the checkpoint lacks {len(missing)} trainable weights of this recipe (e.g. {missing[:3]}); "
+                "was it written by a different recipe?"
+            )
+        if self.ema is not None and "ema" in checkpoint:
+            self.ema.load_state_dict(checkpoint["ema"])
+
+    def trained_state_dict(self, use_ema: bool = True) -> dict[str, torch.Tensor]:
+        """The trained weights (EMA ones when kept), named 'unet.*' and 'branch.*', for export."""
+        params = self.trainable_parameters()
+        values = self.ema.shadow if (use_ema and self.ema is not None) else [p for _, p in params]
+        return {n.removeprefix("backbone."): v.detach().cpu().contiguous() for (n, _), v in zip(params, values)}

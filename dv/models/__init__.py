@@ -1,0 +1,1 @@
+"""Models: the T2V backbone, the Image Retention branch, and local weight loading."""

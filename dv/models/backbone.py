@@ -1,0 +1,90 @@
+"""The text-to-video backbone: diffusers UNet3DConditionModel, a frame autoencoder and an OpenCLIP text encoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import UNet3DConditionModel
+from torch import nn
+
+from dv.models.autoencoder import AutoencoderConfig, FrameAutoencoder
+from dv.models.text import TextEncoder, TextEncoderConfig
+
+TEMPORAL_MARKERS = ("temp_convs", "temp_attentions", "transformer_in")
+"""Name parts of the U-Net's temporal layers (Temp-Conv, Temp-Attn, input temporal transformer)."""
+
+
+@dataclass
+class BackboneConfig:
+    """A T2V latent diffusion backbone: U-Net config and weights, autoencoder, text encoder."""
+
+    unet: dict = field(default_factory=dict)
+    """UNet3DConditionModel config overrides; empty = the ModelScope text-to-video-ms-1.7b U-Net."""
+    unet_weights: list[str] = field(default_factory=list)
+    """Local U-Net weights applied in order: a diffusers `unet/` folder, a ModelScope
+    text2video_pytorch_model.pth, or a dv export (e.g. the temporal layers of a T2V run)."""
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    """The frozen frame autoencoder."""
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    """The frozen text encoder."""
+    init_seed: int = 0
+    """Seed of the random initialisation of whatever no weights file covers (so a resumed run rebuilds it identically)."""
+
+
+def is_temporal(name: str) -> bool:
+    """True for parameters of the U-Net's temporal layers."""
+    return any(marker in name for marker in TEMPORAL_MARKERS)
+
+
+class Backbone(nn.Module):
+    """U-Net + frozen autoencoder + frozen text encoder, built from a BackboneConfig."""
+
+    def __init__(self, config: BackboneConfig, load_weights: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.init_seed)
+            self.unet = UNet3DConditionModel(**config.unet)
+            self.autoencoder = FrameAutoencoder(config.autoencoder)
+            self.text = TextEncoder(config.text)
+        if self.unet.config.cross_attention_dim != self.text.width:
+            from dv.errors import ConfigError
+
+            raise ConfigError(
+                f"unet.cross_attention_dim is {self.unet.config.cross_attention_dim} but the text encoder's width is "
+                f"{self.text.width}; make them equal"
+            )
+        if load_weights:
+            self.load_weights()
+        self.autoencoder.requires_grad_(False).eval()
+        self.text.requires_grad_(False).eval()
+
+    def load_weights(self) -> None:
+        """Load every local weights file the config names."""
+        if not (self.config.unet_weights or self.config.autoencoder.weights or self.config.text.checkpoint):
+            return
+        from dv.models import pretrained
+
+        for path in self.config.unet_weights:
+            pretrained.load_unet_weights(path, self.unet)
+        if self.config.autoencoder.weights and self.config.autoencoder.kind == "kl":
+            pretrained.load_vae_weights(self.config.autoencoder.weights, self.autoencoder.model)
+        if self.config.text.checkpoint:
+            pretrained.load_open_clip(self.config.text.checkpoint, self.text.tower, text_only=True)
+
+    def train(self, mode: bool = True) -> "Backbone":
+        """Switch the U-Net's mode; the frozen autoencoder and text encoder stay in eval mode."""
+        self.unet.train(mode)
+        return self
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        """Text embeddings (B, L, D) of the captions; '' gives the cached empty-prompt embedding."""
+        if all(c == "" for c in captions):
+            return self.text.empty_prompt(len(captions)).clone()
+        emb = self.text(captions)
+        empty = torch.tensor([c == "" for c in captions], device=emb.device)
+        if empty.any():
+            emb = torch.where(empty[:, None, None], self.text.empty_prompt(len(captions)), emb)
+        return emb
