@@ -34,6 +34,7 @@ class DreamVideoModule(T2VModule):
         p_drop_text: float = 0.1,
         p_drop_image: float = 0.1,
         ema_decay: float | None = None,
+        seed: int = 0,
     ) -> None:
         """
         Args:
@@ -45,8 +46,9 @@ class DreamVideoModule(T2VModule):
             p_drop_text: probability of replacing a caption by the empty prompt (paper: 0.1).
             p_drop_image: probability of replacing the reference image by a white image (paper: 0.1).
             ema_decay: keep an EMA of the trainable weights with this decay.
+            seed: seed of each step's noise, timesteps and dropout draws (see T2VModule).
         """
-        super().__init__(backbone, trainable, diffusion, optim, p_drop_text, ema_decay)
+        super().__init__(backbone, trainable, diffusion, optim, p_drop_text, ema_decay, seed)
         if not 0.0 <= p_drop_image <= 1.0:
             raise ConfigError(f"model.p_drop_image must be in [0, 1], not {p_drop_image}")
         self.retention = retention or RetentionConfig()

@@ -54,6 +54,7 @@ class T2VModule(L.LightningModule):
         optim: OptimConfig | None = None,
         p_drop_text: float = 0.1,
         ema_decay: float | None = None,
+        seed: int = 0,
     ) -> None:
         """
         Args:
@@ -63,6 +64,8 @@ class T2VModule(L.LightningModule):
             optim: AdamW and warm-up.
             p_drop_text: probability of replacing a caption by the empty prompt (classifier-free guidance).
             ema_decay: keep an EMA of the trainable weights with this decay (used for validation and export).
+            seed: seed of each step's noise, timesteps and dropout draws, which are a function of
+                (seed, step, rank) so that a resumed run continues exactly as an uninterrupted one.
         """
         super().__init__()
         backbone = backbone or BackboneConfig()
@@ -82,6 +85,7 @@ class T2VModule(L.LightningModule):
         self.optim = optim
         self.p_drop_text = p_drop_text
         self.ema_decay = ema_decay
+        self.seed = seed
         self.noise_scheduler = DDPMScheduler(
             num_train_timesteps=diffusion.num_train_timesteps,
             beta_schedule=diffusion.beta_schedule,
@@ -149,14 +153,19 @@ class T2VModule(L.LightningModule):
         captions, _, _, _ = drop_conditions(captions, None, self.p_drop_text if drop else 0.0, 0.0, generator)
         return self.backbone.encode_text(captions), None
 
-    def diffusion_loss(self, batch: dict, generator: torch.Generator | None, drop: bool):
+    def step_generator(self, *salt: int) -> torch.Generator:
+        """A generator on the module's device seeded by (seed, salt, rank): the step's randomness is reproducible."""
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        return torch.Generator(device=self.device).manual_seed(hash((self.seed, *salt, rank)) & (2**62 - 1))
+
+    def diffusion_loss(self, batch: dict, generator: torch.Generator, drop: bool):
         """Per-sample MSE of the model's prediction at a random timestep, and those timesteps."""
-        video = video_to_model(batch["video"])
+        video = video_to_model(batch["video"].to(self.device))
         latents = self.encode_video(video, generator=generator)
         text, image_features = self.conditions(list(batch["caption"]), video, drop, generator)
         b = latents.shape[0]
-        t = torch.randint(0, self.diffusion.num_train_timesteps, (b,), generator=generator).to(self.device)
-        noise = torch.randn(latents.shape, generator=generator).to(latents)
+        t = torch.randint(0, self.diffusion.num_train_timesteps, (b,), generator=generator, device=generator.device)
+        noise = torch.randn(latents.shape, generator=generator, device=generator.device, dtype=latents.dtype)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         target = noise if self.diffusion.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(latents, noise, t)
         pred = self.denoiser(noisy, t, text, image_features)
@@ -164,7 +173,7 @@ class T2VModule(L.LightningModule):
         return per_sample, t
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        per_sample, t = self.diffusion_loss(batch, None, drop=True)
+        per_sample, t = self.diffusion_loss(batch, self.step_generator(self.global_step, batch_idx), drop=True)
         loss = per_sample.mean()
         if not torch.isfinite(loss):
             raise TrainingError(
@@ -184,8 +193,7 @@ class T2VModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # Fixed noise and timesteps per batch, so the validation loss of two checkpoints is comparable.
-        generator = torch.Generator().manual_seed(10_000 + batch_idx)
-        per_sample, _ = self.diffusion_loss(batch, generator, drop=False)
+        per_sample, _ = self.diffusion_loss(batch, self.step_generator(-1, batch_idx), drop=False)
         self.log("val/loss", per_sample.mean(), prog_bar=True, batch_size=per_sample.shape[0], sync_dist=True)
 
     # ---- optimisation ---------------------------------------------------------------------------------------

@@ -39,7 +39,8 @@ def drop_conditions(
     Returns the new captions and images and the boolean masks of what was dropped.
     """
     n = len(captions)
-    draws = torch.rand(2, n, generator=generator)
+    device = generator.device if generator is not None else "cpu"
+    draws = torch.rand(2, n, generator=generator, device=device).cpu()
     text_dropped = draws[0] < p_text
     image_dropped = draws[1] < p_image
     captions = ["" if d else c for c, d in zip(captions, text_dropped.tolist())]

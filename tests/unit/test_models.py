@@ -32,7 +32,7 @@ def predict(module, batch, seed=1, with_image=True):
 
 def one_step(module, batch):
     opt = module.configure_optimizers()["optimizer"]
-    per_sample, _ = module.diffusion_loss(batch, torch.Generator().manual_seed(3), drop=False)
+    per_sample, _ = module.diffusion_loss(batch, module.step_generator(3), drop=False)
     per_sample.mean().backward()
     opt.step()
     opt.zero_grad()

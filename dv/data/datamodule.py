@@ -1,0 +1,325 @@
+"""VideoDataModule: a LightningDataModule streaming video shards through webdataset.
+
+Training resamples shards: every (rank, worker) draws shards at random, with
+replacement, from its own seeded stream (``ResampledShards``), so no rank runs
+out early and every rank sees the same number of batches per epoch. An epoch
+is ``samples_per_epoch`` samples *per rank* (default: the samples listed in the
+shards' stats files divided by the world size), rounded up to whole batches
+and then to a multiple of the worker count (each worker yields an equal share).
+Validation reads each shard exactly once across ranks (split by node, then by
+worker), unshuffled, in a deterministic order.
+
+Batches: ``{"video": uint8 (B, T, H, W, C), "caption": list[str], "meta": list[dict]}``.
+A sample that fails to decode is skipped with a logged warning and counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import random
+import sys
+import warnings
+from itertools import islice
+from typing import Any
+
+import torch
+import webdataset as wds
+from einops import rearrange
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, get_worker_info
+
+from dv.data.shards import count_samples, decode_sample, expand_shards
+from dv.errors import ConfigError, DataError, DVError
+
+log = logging.getLogger("dv.data")
+
+
+def _worker() -> tuple[int, int]:
+    """(worker id, worker count) of the current DataLoader process; (0, 1) in the main process."""
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def collate_batch(samples: list[dict]) -> dict[str, Any]:
+    """Stack decoded samples into ``{"video": (B, T, H, W, C) uint8, "caption": [...], "meta": [...]}``."""
+    shapes = {tuple(s["video"].shape) for s in samples}
+    if len(shapes) > 1:
+        raise DataError(f"clips in one batch differ in shape {sorted(shapes)}; set num_frames and frame_size")
+    video = rearrange([s["video"] for s in samples], "b t h w c -> b t h w c")
+    return {"video": video, "caption": [s["caption"] for s in samples], "meta": [s["meta"] for s in samples]}
+
+
+class _DecodeStage(wds.PipelineStage):
+    """Raw samples -> decoded samples; a failure is logged, counted and skipped, never raised."""
+
+    def __init__(self, num_frames: int | None, frame_size: int | None, name: str):
+        self.num_frames, self.frame_size, self.name = num_frames, frame_size, name
+        self.skipped = 0
+
+    def skip(self, what: str, exc: BaseException) -> None:
+        """Count one skipped sample or shard and warn about it."""
+        self.skipped += 1
+        worker, _ = _worker()
+        log.warning(
+            "dv.data %s worker %d: skipping %s (%s: %s); %d skipped so far in this process",
+            self.name,
+            worker,
+            what,
+            type(exc).__name__,
+            exc,
+            self.skipped,
+        )
+
+    def handle_tar_error(self, exc: BaseException) -> bool:
+        """webdataset handler for unreadable shards/members: warn, count, continue."""
+        self.skip("unreadable tar data", exc)
+        return True
+
+    def run(self, src):
+        """Yield decoded samples of `src`, skipping those that fail."""
+        for sample in src:
+            try:
+                yield decode_sample(sample, self.num_frames, self.frame_size)
+            except Exception as exc:  # noqa: BLE001 - a bad sample must not kill a worker
+                self.skip(f"sample {sample.get('__key__')!r} of {sample.get('__url__')}", exc)
+
+
+class _Shuffle(wds.PipelineStage):
+    """Shuffle buffer seeded by (seed, rank, worker, epoch): reproducible, different per stream."""
+
+    def __init__(self, bufsize: int, seed: int, rank: int):
+        self.bufsize, self.seed, self.rank, self.epoch = bufsize, seed, rank, -1
+
+    def run(self, src):
+        """Shuffle `src` through the buffer."""
+        self.epoch += 1
+        rng = random.Random(hash((self.seed, self.rank, _worker()[0], self.epoch)))
+        return wds.shuffle(self.bufsize, initial=self.bufsize, rng=rng)(src)
+
+
+class _SplitByNode(wds.PipelineStage):
+    """Keep every `world_size`-th shard starting at `rank` (explicit rank, not read from the environment)."""
+
+    def __init__(self, rank: int, world_size: int):
+        self.rank, self.world_size = rank, world_size
+
+    def run(self, src):
+        """This rank's share of the shard stream."""
+        return islice(src, self.rank, None, self.world_size)
+
+
+class _RankWorkerSeed:
+    """ResampledShards' worker seed: distinct per (rank, worker), the same on every run."""
+
+    def __init__(self, rank: int):
+        self.rank = rank
+
+    def __call__(self) -> int:
+        """rank * 1000 + worker id."""
+        return self.rank * 1000 + _worker()[0]
+
+
+class _EpochPipeline(wds.DataPipeline):
+    """A DataPipeline with a ``__len__`` (batches per epoch), so progress bars know the epoch length."""
+
+    def __init__(self, *stages, length: int):
+        super().__init__(*stages)
+        self.size = length
+
+    def __len__(self) -> int:
+        """Batches per epoch of this rank."""
+        return self.size
+
+
+class VideoDataModule(LightningDataModule):
+    """Train/val dataloaders over webdataset video shards (see the module docstring for epochs)."""
+
+    def __init__(
+        self,
+        train_shards: str | list[str] | None = None,
+        val_shards: str | list[str] | None = None,
+        batch_size: int = 4,
+        num_workers: int = 2,
+        shuffle_buffer: int = 256,
+        samples_per_epoch: int | None = None,
+        num_frames: int | None = None,
+        frame_size: int | None = None,
+        seed: int = 0,
+        val_batch_size: int | None = None,
+    ):
+        """Configure the data.
+
+        Args:
+            train_shards: training shards: a brace pattern (``DIR/train-{000000..000099}.tar``),
+                a glob (``DIR/train-*.tar``) or a list of either.
+            val_shards: validation shards, same forms; None for no validation.
+            batch_size: training clips per batch, per rank.
+            num_workers: DataLoader worker processes per rank (0 decodes in the main process).
+            shuffle_buffer: samples held in each worker's shuffle buffer (training only).
+            samples_per_epoch: training samples per rank that make one epoch; None counts the
+                samples in the train shards' stats files and divides by the world size.
+            num_frames: keep the first N frames of each clip; None keeps all.
+            frame_size: resize (short side) and centre-crop frames to this size at load time;
+                None keeps the stored size.
+            seed: seed of shard resampling and shuffling.
+            val_batch_size: validation clips per batch; None uses ``batch_size``.
+        """
+        super().__init__()
+        problems = []
+        if batch_size < 1:
+            problems.append(f"batch_size must be at least 1, got {batch_size}")
+        if num_workers < 0:
+            problems.append(f"num_workers must be 0 or more, got {num_workers}")
+        if shuffle_buffer < 0:
+            problems.append(f"shuffle_buffer must be 0 or more, got {shuffle_buffer}")
+        for name, value in (
+            ("samples_per_epoch", samples_per_epoch),
+            ("num_frames", num_frames),
+            ("frame_size", frame_size),
+            ("val_batch_size", val_batch_size),
+        ):
+            if value is not None and value < 1:
+                problems.append(f"{name} must be at least 1 or null, got {value}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+        # No save_hyperparameters(): it keeps the caller's frame in a reference cycle, which delays
+        # freeing the DataLoader until a gc pass that drops its worker-shutdown messages (a 5 s hang
+        # per persistent worker). LightningCLI records the datamodule's config anyway.
+        self.train_shards, self.val_shards = train_shards, val_shards
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.shuffle_buffer, self.samples_per_epoch = shuffle_buffer, samples_per_epoch
+        self.num_frames, self.frame_size, self.seed = num_frames, frame_size, seed
+        self.val_batch_size = val_batch_size or batch_size
+        self.rank, self.world_size = 0, 1
+        self._decoders: list[_DecodeStage] = []
+
+    @property
+    def skipped_samples(self) -> int:
+        """Samples (and unreadable shard data) skipped so far in this process (workers log their own)."""
+        return sum(d.skipped for d in self._decoders)
+
+    def setup(self, stage: str | None = None, rank: int | None = None, world_size: int | None = None) -> None:
+        """Find this process's rank and world size (explicit, the Trainer's, torch.distributed's, or 0/1)."""
+        if rank is None and self.trainer is not None:
+            rank, world_size = self.trainer.global_rank, self.trainer.world_size
+        elif rank is None and torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        self.rank, self.world_size = int(rank or 0), int(world_size or 1)
+        if not 0 <= self.rank < self.world_size:
+            raise ConfigError(f"rank {self.rank} is outside world size {self.world_size}")
+
+    def _decoder(self, name: str) -> _DecodeStage:
+        """A new decode stage whose skip count this module reports."""
+        stage = _DecodeStage(self.num_frames, self.frame_size, name)
+        self._decoders.append(stage)
+        return stage
+
+    def batches_per_epoch(self) -> int:
+        """Training batches per rank in one epoch (a multiple of max(num_workers, 1))."""
+        samples = self.samples_per_epoch
+        if samples is None:
+            total = count_samples(expand_shards(self.train_shards))
+            if total is None:
+                raise DataError("some train shards have no .stats.json to count samples; set samples_per_epoch")
+            samples = max(1, total // self.world_size)
+        workers = max(self.num_workers, 1)
+        return math.ceil(math.ceil(samples / self.batch_size) / workers) * workers
+
+    def train_dataset(self) -> wds.DataPipeline:
+        """The training pipeline of this rank: resampled shards, shuffle, decode, batch, fixed epoch."""
+        if not self.train_shards:
+            raise ConfigError("train_shards is not set; point it at DIR/train-*.tar")
+        urls = expand_shards(self.train_shards)
+        decoder = self._decoder("train")
+        nbatches = self.batches_per_epoch()
+        pipeline = _EpochPipeline(
+            wds.ResampledShards(urls, seed=self.seed, worker_seed=_RankWorkerSeed(self.rank), deterministic=True),
+            wds.tarfile_to_samples(handler=decoder.handle_tar_error),
+            _Shuffle(self.shuffle_buffer, self.seed, self.rank) if self.shuffle_buffer > 1 else None,
+            decoder,
+            wds.batched(self.batch_size, collation_fn=collate_batch, partial=False),
+            length=nbatches,
+        )
+        # with_epoch counts per worker: each of the W workers yields nbatches / W batches.
+        return pipeline.with_epoch(nbatches // max(self.num_workers, 1))
+
+    def val_dataset(self, rank: int | None = None, world_size: int | None = None) -> wds.DataPipeline:
+        """The validation pipeline of a rank: its shards (split by node, then worker), in order, decoded."""
+        if not self.val_shards:
+            raise ConfigError("val_shards is not set; point it at DIR/val-*.tar")
+        rank = self.rank if rank is None else rank
+        world_size = self.world_size if world_size is None else world_size
+        urls = expand_shards(self.val_shards)
+        if len(urls) < world_size and rank == 0:
+            log.warning("dv.data: %d val shards for %d ranks; some ranks validate on nothing", len(urls), world_size)
+        decoder = self._decoder("val")
+        return wds.DataPipeline(
+            wds.SimpleShardList(urls),
+            _SplitByNode(rank, world_size),
+            wds.split_by_worker,
+            wds.tarfile_to_samples(handler=decoder.handle_tar_error),
+            decoder,
+            wds.batched(self.val_batch_size, collation_fn=collate_batch, partial=True),
+        )
+
+    def _loader(self, dataset, persistent: bool) -> DataLoader:
+        """A DataLoader over a pipeline that batches itself."""
+        # A plain DataLoader rather than wds.WebLoader: Lightning inspects DataLoader
+        # attributes (length, workers), which WebLoader hides inside its own pipeline.
+        return DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=persistent and self.num_workers > 0,
+            pin_memory=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Training batches of this rank; persistent workers so resampling moves on each epoch."""
+        # Lightning warns that __len__ may be wrong with several workers; here each worker is
+        # configured on its own (own seed, nbatches / W batches), so the length is exact.
+        warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+        return self._loader(self.train_dataset(), persistent=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Validation batches of this rank, or no loader when val_shards is unset."""
+        return self._loader(self.val_dataset(), persistent=False) if self.val_shards else []
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m dv.data.datamodule --shards PATTERN`: stream one batch and print what it holds."""
+    parser = argparse.ArgumentParser(prog="python -m dv.data.datamodule", description=main.__doc__)
+    parser.add_argument(
+        "--shards", required=True, help="shard pattern: DIR/train-*.tar or DIR/train-{000000..000003}.tar"
+    )
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--num-frames", type=int, default=None)
+    parser.add_argument("--frame-size", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        dm = VideoDataModule(
+            train_shards=args.shards,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            samples_per_epoch=args.batch_size * max(args.num_workers, 1),
+            num_frames=args.num_frames,
+            frame_size=args.frame_size,
+        )
+        dm.setup("fit")
+        batch = next(iter(dm.train_dataloader()))
+    except DVError as exc:
+        print(f"dv.data: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    video = batch["video"]
+    print(f"video: {tuple(video.shape)} {video.dtype} (B, T, H, W, C), values {int(video.min())}..{int(video.max())}")
+    for caption, meta in zip(batch["caption"], batch["meta"]):
+        print(f"  {meta.get('key')}: {caption!r} (source {meta.get('source_id')}, frames {meta.get('frame_indices')})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
