@@ -24,17 +24,32 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
 
+# SHARD_ARGS passes builder options (e.g. SHARD_ARGS="--size 64").
+SHARD_ARGS ?=
 shards: install
-	$(PY) -m data_prep build --source camera-pans --out $(SHARDS)
+	$(PY) -m data_prep build --source camera-pans --out $(SHARDS) $(SHARD_ARGS)
 
 # The CPU demo: shards, a tiny T2V backbone (stage 1), then DreamVideo on it (stage 2).
+# FIT_ARGS passes LightningCLI overrides to both stages (e.g. FIT_ARGS=--trainer.max_steps=10).
+FIT_ARGS ?=
+DEMO_PHOTO ?= rocket
+DEMO_PROMPT ?= the camera pans left over a photo of a rocket on a launch pad
+DEMO_DATA = --data.init_args.train_shards="$(SHARDS)/train-*.tar" --data.init_args.val_shards="$(SHARDS)/val-*.tar" \
+	--trainer.logger.init_args.save_dir=$(RUNS)
 demo: shards
 	$(PY) -m dv.data.datamodule --shards "$(SHARDS)/train-*.tar" --batch-size 4
-	$(DV) fit --recipe recipes/demo-t2v.yaml --ckpt_path last
-	$(DV) export --recipe recipes/demo-t2v.yaml --ckpt $(RUNS)/demo-t2v/latest/checkpoints/last.ckpt --out $(RUNS)/demo-t2v/export.safetensors
-	$(DV) fit --recipe recipes/demo.yaml --ckpt_path last
-	$(DV) export --recipe recipes/demo.yaml --ckpt $(RUNS)/demo/latest/checkpoints/last.ckpt --out $(RUNS)/demo/export.safetensors
+	$(DV) fit --recipe recipes/demo-t2v.yaml --ckpt_path last $(DEMO_DATA) $(FIT_ARGS)
+	$(DV) export --recipe $(RUNS)/demo-t2v/latest/config.yaml --ckpt $(RUNS)/demo-t2v/latest/checkpoints/last.ckpt \
+		--out $(RUNS)/demo-t2v/export.safetensors
+	$(DV) fit --recipe recipes/demo.yaml --ckpt_path last $(DEMO_DATA) $(FIT_ARGS) \
+		--model.init_args.backbone.unet_weights='[$(RUNS)/demo-t2v/export.safetensors]'
+	$(DV) export --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/latest/checkpoints/last.ckpt \
+		--out $(RUNS)/demo/export.safetensors
 	$(DV) info --recipe recipes/demo.yaml
+	$(PY) -c "from PIL import Image; from data_prep.camera_pans import load_photo; Image.fromarray(load_photo('$(DEMO_PHOTO)')).save('$(RUNS)/demo/$(DEMO_PHOTO).png')"
+	$(DV) sample --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/export.safetensors \
+		--image $(RUNS)/demo/$(DEMO_PHOTO).png --prompt "$(DEMO_PROMPT)" --steps 25 --guidance-text 3 --guidance-image 1.5 \
+		--gif --strip --out $(RUNS)/demo/sample.mp4
 
 bench-loader: shards
 	$(PY) benchmarks/loader.py --shards "$(SHARDS)/train-*.tar"

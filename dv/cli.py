@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=f"Lightning {name} of a recipe (dv {name} --recipe FILE)", add_help=False)
     info = sub.add_parser("info", help="parameter counts of a recipe's model, built on the meta device")
     info.add_argument("--recipe", required=True)
+    from dv.sample import add_arguments as sample_arguments
+
+    sample_arguments(sub.add_parser("sample", help="sample a video from a checkpoint, an image and prompts"))
     export = sub.add_parser("export", help="write a checkpoint's trained weights to one safetensors file")
     export.add_argument("--recipe", required=True)
     export.add_argument("--ckpt", required=True)
@@ -77,6 +80,10 @@ def dispatch(argv: list[str]) -> None:
         from dv import info
 
         info.run(args.recipe)
+    elif args.command == "sample":
+        from dv.sample import run as sample
+
+        sample(args)
     elif args.command == "export":
         from dv.lit.export import export_checkpoint
 

@@ -27,16 +27,28 @@ def load_recipe(path: str) -> dict[str, Any]:
     return recipe
 
 
+def _reason(message: str) -> str:
+    """The useful line of a jsonargparse error: the first listed error that is not about NoneType."""
+    lines = [line.strip() for line in message.splitlines()]
+    for i, line in enumerate(lines):
+        if line.startswith("- ") and "NoneType" not in line:
+            detail = line[2:]
+            if detail.endswith(":") and i + 1 < len(lines):
+                detail += " " + lines[i + 1]
+            return detail
+    return lines[0] if lines else message
+
+
 def _instantiate(section: dict, base: type, key: str, where: str):
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(base, key, required=True)
     try:
         cfg = parser.parse_object({key: section})
-        return parser.instantiate_classes(cfg)[key]
-    except Exception as e:  # jsonargparse reports every problem in one message
-        if isinstance(e, ConfigError):
-            raise
-        raise ConfigError(f"the {key} section of {where} is invalid: {str(e).splitlines()[0]}") from None
+        return parser.instantiate(cfg)[key]
+    except ConfigError:
+        raise
+    except Exception as e:  # jsonargparse wraps every problem, ours included, in one message
+        raise ConfigError(f"the {key} section of {where} is invalid: {_reason(str(e))}") from None
 
 
 def build_model(recipe_path: str) -> L.LightningModule:

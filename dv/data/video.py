@@ -38,6 +38,8 @@ __all__ = [
     "encode_mp4",
     "decode_mp4",
     "write_video",
+    "strided_fps",
+    "stack_frames",
 ]
 
 
@@ -45,8 +47,13 @@ class VideoError(DataError):
     """A video that cannot be used; `kind` names why in one word (for shard stats)."""
 
     def __init__(self, kind: str, message: str):
+        """An error of one `kind` (not_video, no_video_stream, unsupported_codec, undecodable)."""
         super().__init__(message)
         self.kind = kind
+
+    def __reduce__(self):
+        """Pickle with the kind (errors cross process boundaries in worker pools)."""
+        return type(self), (self.kind, str(self))
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,8 @@ class TextEncoder(nn.Module):
     def tokenize(self, captions: list[str]) -> torch.Tensor:
         """Token ids (B, context_length); captions longer than the context are truncated with a warning."""
         for caption in captions:
-            if len(caption.split()) > self.context_length - 2:
+            # +2: the start and end tokens the tokenizer adds.
+            if len(self.tokenizer.encode(caption)) + 2 > self.context_length:
                 warnings.warn(f"caption truncated to {self.context_length} tokens: {caption[:60]!r}...", stacklevel=2)
                 break
         return self.tokenizer(captions)

@@ -188,3 +188,11 @@ def test_bad_settings_are_config_errors():
         T2VModule(backbone=tiny_backbone(), trainable="spatial")
     with pytest.raises(ConfigError):
         T2VModule(backbone=tiny_backbone(), p_drop_text=1.5)
+
+
+def test_long_caption_is_truncated_with_a_warning():
+    module = tiny_t2v()
+    context = module.backbone.text.context_length
+    with pytest.warns(UserWarning, match="truncated"):
+        emb = module.backbone.encode_text(["a very long caption " * 40])
+    assert emb.shape[1] == context

@@ -1,0 +1,1 @@
+"""Sampling: double-condition classifier-free guidance, DDIM, chained inference, zero-shot baselines."""

@@ -1,0 +1,78 @@
+"""Classifier-free guidance with text and image conditions (DreamVideo Eq. 4 and Eq. 5).
+
+Eq. 5:  ε̂ = ε(∅,∅) + s_t·(ε(c_t,∅) − ε(∅,∅)) + s_i·(ε(∅,c_i) − ε(∅,∅))
+Eq. 4 is the same with one condition. The predictions come from **one** batched
+denoiser call; a condition whose scale is 0, or which is absent, is left out of the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from dv.errors import ConfigError
+
+DenoiseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+"""ε(z_t (B, c, T, h, w), t (B,), text (B, L, D), image features (B, c0, h, w) or None)."""
+
+
+def double_guidance(
+    eps_uncond: torch.Tensor,
+    eps_text: torch.Tensor | None,
+    eps_image: torch.Tensor | None,
+    s_text: float,
+    s_image: float,
+) -> torch.Tensor:
+    """Eq. 5 (Eq. 4 when one of the conditional predictions is None)."""
+    out = eps_uncond
+    if eps_text is not None:
+        out = out + s_text * (eps_text - eps_uncond)
+    if eps_image is not None:
+        out = out + s_image * (eps_image - eps_uncond)
+    return out
+
+
+def check_scale(name: str, value: float) -> float:
+    """A guidance scale must be a finite number >= 0."""
+    if not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value) or value < 0:
+        raise ConfigError(f"{name} must be a finite number >= 0, not {value}")
+    return float(value)
+
+
+@dataclass
+class Conditions:
+    """The conditions of one sampling run, null ones included, already encoded."""
+
+    text: torch.Tensor
+    """Caption embeddings (B, L, D); the null text when no caption was given."""
+    null_text: torch.Tensor
+    """Empty-prompt embeddings (B, L, D)."""
+    image: torch.Tensor | None = None
+    """z_s of the reference images (B, c0, h, w), or None for text-to-video."""
+    null_image: torch.Tensor | None = None
+    """z_s of white images (B, c0, h, w), when the model has a retention branch."""
+    has_text: bool = True
+    """Whether a caption was given (text-to-video and text+image-to-video)."""
+
+
+def guided_prediction(
+    denoise: DenoiseFn, sample: torch.Tensor, t: torch.Tensor, cond: Conditions, s_text: float, s_image: float
+) -> torch.Tensor:
+    """ε̂ of Eq. 5/Eq. 4 from one batched denoiser call over [∅∅, (c_t,∅)?, (∅,c_i)?]."""
+    use_text = cond.has_text and s_text != 0
+    use_image = cond.image is not None and s_image != 0
+    texts = [cond.null_text] + ([cond.text] if use_text else []) + ([cond.null_text] if use_image else [])
+    images = None
+    if cond.null_image is not None:
+        images = [cond.null_image] + ([cond.null_image] if use_text else []) + ([cond.image] if use_image else [])
+        images = torch.cat(images)
+    n = len(texts)
+    eps = denoise(torch.cat([sample] * n), torch.cat([t] * n), torch.cat(texts), images)
+    parts = list(eps.chunk(n))
+    eps_uncond = parts.pop(0)
+    eps_text = parts.pop(0) if use_text else None
+    eps_image = parts.pop(0) if use_image else None
+    return double_guidance(eps_uncond, eps_text, eps_image, s_text, s_image)

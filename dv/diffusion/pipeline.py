@@ -1,0 +1,114 @@
+"""VideoSampler: captions and reference images in, videos out, over a backbone and optional retention branch."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from diffusers import SchedulerMixin
+
+from dv.diffusion.guidance import Conditions
+from dv.diffusion.sampling import SamplerConfig, chain_videos, ddim_sample, ddim_scheduler
+from dv.errors import ConfigError
+from dv.models.backbone import Backbone
+from dv.models.conditions import white_images
+from dv.models.denoiser import Denoiser
+from dv.models.retention import RetentionBranch
+
+
+class VideoSampler:
+    """Text-to-video, image-to-video and text+image-to-video sampling, single-stage or chained."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        branch: RetentionBranch | None,
+        train_scheduler: SchedulerMixin,
+        num_frames: int,
+        frame_size: int,
+    ) -> None:
+        self.backbone = backbone
+        self.branch = branch
+        self.denoiser = Denoiser(backbone.unet, branch)
+        self.scheduler = ddim_scheduler(train_scheduler)
+        self.num_frames = num_frames
+        self.frame_size = frame_size
+        down = backbone.autoencoder.downscale
+        if frame_size % down:
+            raise ConfigError(f"frame size {frame_size} is not a multiple of the autoencoder's downscale {down}")
+
+    @property
+    def device(self) -> torch.device:
+        """Where the U-Net lives."""
+        return next(self.backbone.unet.parameters()).device
+
+    @torch.no_grad()
+    def conditions(self, captions: list[str] | None, images: torch.Tensor | None, batch: int) -> Conditions:
+        """Encode captions (None: no text) and reference images (B, 3, H, W) in [-1, 1] (None: no image)."""
+        if images is not None and self.branch is None:
+            raise ConfigError("this model has no retention branch: it cannot take a reference image (drop --image)")
+        null_text = self.backbone.encode_text([""] * batch)
+        text = self.backbone.encode_text(list(captions)) if captions is not None else null_text
+        null_image = image = None
+        if self.branch is not None:
+            # z_s is computed once per video, not at every step.
+            null_image = self.branch.encode_image(white_images(batch, self.frame_size, self.frame_size, device=self.device))
+            if images is not None:
+                image = self.branch.encode_image(images.to(self.device))
+        return Conditions(text=text, null_text=null_text, image=image, null_image=null_image, has_text=captions is not None)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        captions: list[str] | None,
+        images: torch.Tensor | None,
+        config: SamplerConfig,
+        seeds: list[int],
+        progress: bool = True,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """Videos (B, 3, T, H, W) in [-1, 1]; sample i is drawn from seed seeds[i]."""
+        config.validate()
+        if captions is None and images is None:
+            raise ConfigError("give a prompt, an image, or both")
+        b = len(seeds)
+        for name, n in (("prompts", len(captions) if captions is not None else b), ("images", len(images) if images is not None else b)):
+            if n != b:
+                raise ConfigError(f"{n} {name} for {b} seeds")
+        cond = self.conditions(captions, images, b)
+        size = self.frame_size // self.backbone.autoencoder.downscale
+        shape = (b, self.backbone.autoencoder.latent_channels, self.num_frames, size, size)
+        gen_device = self.device if self.device.type == "cuda" else "cpu"
+        generators = [torch.Generator(device=gen_device).manual_seed(int(s)) for s in seeds]
+        latents = ddim_sample(
+            self.denoiser, self.scheduler, shape, cond, config, generators, self.device, progress=progress, callback=callback
+        )
+        return self.backbone.autoencoder.decode(latents).clamp(-1, 1)
+
+    @torch.no_grad()
+    def chained(
+        self,
+        prompts: list[str | None],
+        image: torch.Tensor | None,
+        config: SamplerConfig,
+        seed: int,
+        progress: bool = True,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One long video from len(prompts) stages; stage k+1's reference image is stage k's last frame.
+
+        Returns the chained video (1, 3, N·T − (N−1), H, W) and the reference image of each stage.
+        """
+        if not prompts:
+            raise ConfigError("chained inference needs at least one stage prompt")
+        if len(prompts) > 1 and self.branch is None:
+            raise ConfigError("chained inference needs a model with a retention branch")
+        stages, references = [], []
+        reference = image
+        for k, prompt in enumerate(prompts):
+            references.append(reference)
+            video = self.sample(None if prompt is None else [prompt], reference, config, [seed + k], progress, callback)
+            stages.append(video)
+            reference = video[:, :, -1]
+        return chain_videos(stages), references
+
