@@ -107,6 +107,7 @@ def ti2v_zero_latents(
     keep = renoise_keep(scheduler).to(device, dtype)
 
     def noise(like: torch.Tensor) -> torch.Tensor:
+        """N(0, I) shaped like ``like``, sample i drawn from generators[i]."""
         return initial_noise(tuple(like.shape), generators, device, dtype)
 
     queue = repeat(first, "b c h w -> b c k h w", k=window - 1)  # "repeat": s_0 at the start
@@ -159,7 +160,8 @@ def ti2v_zero_sample(
     if images.ndim != 4 or images.shape[1] != 3 or images.shape[-1] % down or images.shape[-2] % down:
         problems.append(f"images must be (B, 3, H, W) with H and W multiples of {down}, not {tuple(images.shape)}")
     elif captions and not len(captions) == len(images) == len(seeds):
-        problems.append(f"{len(captions)} prompts, {len(images)} images and {len(seeds)} seeds: give one of each per video")
+        counts = f"{len(captions)} prompts, {len(images)} images and {len(seeds)} seeds"
+        problems.append(f"{counts}: give one of each per video")
     raise_problems(problems)
     device = next(backbone.unet.parameters()).device
     gen_device = device if device.type == "cuda" else "cpu"
