@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="out.mp4", help="the H.264 mp4 to write")
     parser.add_argument("--gif", action="store_true", help="also write a GIF beside the mp4")
     parser.add_argument("--strip", action="store_true", help="also write a PNG strip of the frames")
+    parser.add_argument("--zero-shot", action="store_true",
+                        help="TI2V-Zero: condition the frozen T2V backbone on the image without the retention branch")
+    parser.add_argument("--resample-steps", type=int, default=2, help="TI2V-Zero resampling steps per DDIM step")
     parser.add_argument("--no-ema", action="store_true", help="use the raw trained weights even when an EMA was kept")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
@@ -111,9 +114,17 @@ def run(args: argparse.Namespace) -> list[Path]:
     if prompts and len(prompts) not in (1, stages):
         raise ConfigError(f"{len(prompts)} prompts for {stages} stages: give one prompt, or one per stage")
     stage_prompts = [None] * stages if prompts is None else (prompts * stages if len(prompts) == 1 else prompts)
+    if args.zero_shot and (image is None or prompts is None or stages != 1):
+        raise ConfigError("--zero-shot needs --image and one --prompt (single stage)")
     module = load_trained(args.recipe, args.ckpt, use_ema=not args.no_ema, device=args.device)
-    sampler = VideoSampler(module.backbone, module.branch, module.noise_scheduler, frames, size)
-    video, _ = sampler.chained(stage_prompts, image, config, args.seed)
+    if args.zero_shot:
+        from dv.diffusion.zero_shot import ti2v_zero_sample
+
+        video = ti2v_zero_sample(module.backbone, module.noise_scheduler, prompts, image.to(args.device), frames, config,
+                                 [args.seed], resample_steps=args.resample_steps)
+    else:
+        sampler = VideoSampler(module.backbone, module.branch, module.noise_scheduler, frames, size)
+        video, _ = sampler.chained(stage_prompts, image, config, args.seed)
     written = write_outputs(video_from_model(video)[0].numpy(), args.out, args.fps, args.gif, args.strip)
     for path in written:
         print(f"wrote {path}")
