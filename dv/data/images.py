@@ -43,7 +43,9 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
             img = ImageOps.exif_transpose(img)
             rgb = _to_rgb8(img)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"{str(path)!r} is not an image PIL can read ({type(e).__name__}); use PNG, JPEG or WebP") from None
+        raise DataError(
+            f"{str(path)!r} is not an image PIL can read ({type(e).__name__}); use PNG, JPEG or WebP"
+        ) from None
     if rgb.shape[0] < 1 or rgb.shape[1] < 1:
         raise DataError(f"image {str(path)!r} is empty")
     frames = torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True))[None]

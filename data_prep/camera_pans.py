@@ -1,0 +1,178 @@
+"""camera-pans: the embedded sample set, rendered from scikit-image's photographs, no download.
+
+Each source is one photo × one camera move (pan left/right/up/down, zoom
+in/out); its clips (``--clips-per-video``, default 2) are variants with
+different start positions and speeds, all deterministic in ``--seed``. A
+virtual camera window moves over the photo with sub-pixel motion (bilinear
+resampling), rendered straight at ``--size``.
+
+Motion conventions, as seen in the rendered frames: "pans left" moves the
+window left over the photo, so the picture content drifts *right* in the
+frame; "pans up" makes content drift down; "zooms in" shrinks the window, so
+content grows. Pans move 2.5-4.5 output pixels per frame and zooms change
+scale by 2-3% per frame, steady over the clip, so phase correlation between
+consecutive frames recovers the direction.
+
+Synthetic clips have no source stride: frames are rendered one per clip frame,
+``meta.stride`` is 1 and ``frame_indices`` are 0..T-1 whatever ``--stride``
+says; ``source_fps`` is the nominal 8 fps the clips are encoded at, and
+``source_size`` the photo's (w, h).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+
+from data_prep.writer import Record
+
+SPLITS = ("train", "val")
+DEFAULT_SHARD_SIZE = 8
+DEFAULT_CLIPS_PER_VIDEO = 2
+FPS = 8.0
+WINDOW_FRACTION = 0.6  # a 256 px window sees 60% of the photo's short side: room to move
+
+# The real photographs skimage ships in its wheel (load without pooch), with what they show.
+# Left out: horse (a binary silhouette), logo, cell (nearly flat: motion would not be recoverable).
+PHOTOS: dict[str, str] = {
+    "astronaut": "an astronaut",
+    "brick": "a brick wall",
+    "camera": "a man with a camera",
+    "chelsea": "a cat",
+    "clock": "a clock",
+    "coffee": "a cup of coffee",
+    "coins": "old coins",
+    "grass": "grass",
+    "gravel": "gravel",
+    "hubble_deep_field": "distant galaxies",
+    "immunohistochemistry": "stained tissue under a microscope",
+    "moon": "the surface of the moon",
+    "page": "a page of printed text",
+    "retina": "a human retina",
+    "rocket": "a rocket on a launch pad",
+    "text": "handwritten formulas on paper",
+}
+VAL_PHOTOS = ("coffee", "gravel", "moon", "rocket")  # held out: val clips show photos train never saw
+
+MOVES: dict[str, str] = {
+    "pan-left": "pans left",
+    "pan-right": "pans right",
+    "pan-up": "pans up",
+    "pan-down": "pans down",
+    "zoom-in": "zooms in",
+    "zoom-out": "zooms out",
+}
+# Window travel direction (dx, dy) in photo coordinates; image y grows downwards.
+_PAN_DIRECTION = {"pan-left": (-1, 0), "pan-right": (1, 0), "pan-up": (0, -1), "pan-down": (0, 1)}
+
+
+def caption_for(photo: str, move: str) -> str:
+    """Caption naming the camera move and the subject."""
+    return f"the camera {MOVES[move]} over a photo of {PHOTOS[photo]}"
+
+
+@functools.lru_cache(maxsize=None)
+def load_photo(name: str) -> np.ndarray:
+    """A skimage sample photo as uint8 RGB (H, W, 3), read-only and cached per process."""
+    import skimage.data
+
+    img = np.asarray(getattr(skimage.data, name)())
+    if img.dtype == bool:
+        img = img.astype(np.uint8) * 255
+    if img.ndim == 2:
+        img = repeat(img, "h w -> h w c", c=3)
+    img = np.ascontiguousarray(img[..., :3].astype(np.uint8))
+    img.flags.writeable = False
+    return img
+
+
+@dataclass(frozen=True)
+class PanRenderer:
+    """Renders clips of one photo × move; picklable, so pool workers render in parallel."""
+
+    photo: str
+    move: str
+    seed: int
+    fps: float = FPS
+
+    @property
+    def source_size(self) -> tuple[int, int]:
+        """The photo's (w, h)."""
+        h, w = load_photo(self.photo).shape[:2]
+        return w, h
+
+    def render(self, clip_index: int, frames: int, size: int) -> np.ndarray:
+        """uint8 (T, size, size, 3) frames of variant `clip_index` of this move."""
+        x = rearrange(torch.tensor(load_photo(self.photo)), "h w c -> 1 c h w").float()
+        # Pre-scale so the window is about `size` photo pixels: sampling then never shrinks
+        # much, and bilinear needs no anti-aliasing.
+        scale = size / WINDOW_FRACTION / min(x.shape[-2:])
+        x = F.interpolate(x, scale_factor=scale, mode="bilinear", antialias=scale < 1, align_corners=False)
+        h, w = x.shape[-2:]
+        cx, cy, side = self._path(clip_index, frames, size, w, h)
+        grid = _window_grid(cx, cy, side, size, w, h)
+        x = repeat(x, "1 c h w -> t c h w", t=frames)
+        out = F.grid_sample(x, grid, mode="bilinear", align_corners=False)
+        out = rearrange(out.round().clamp(0, 255).to(torch.uint8), "t c h w -> t h w c")
+        return np.ascontiguousarray(out.numpy())
+
+    def _path(self, clip_index: int, frames: int, size: int, w: int, h: int):
+        """Window centre (cx, cy) and side per frame, in photo pixels."""
+        rng = random.Random(f"{self.seed}/{self.photo}/{self.move}/{clip_index}")
+        t = torch.arange(frames, dtype=torch.float64)
+        if self.move in _PAN_DIRECTION:
+            dx, dy = _PAN_DIRECTION[self.move]
+            side = float(size)
+            speed = rng.uniform(2.5, 4.5) * side / size  # photo px per frame
+            travel = speed * (frames - 1)
+            room_x, room_y = w - side - abs(dx) * travel, h - side - abs(dy) * travel
+            if room_x < 0 or room_y < 0:  # very long clips: slow down to fit the photo
+                speed *= max(0.0, min(w - side, h - side)) / max(travel, 1e-6)
+                travel = speed * (frames - 1)
+                room_x, room_y = w - side - abs(dx) * travel, h - side - abs(dy) * travel
+            x0 = side / 2 + rng.uniform(0, max(room_x, 0)) + (travel if dx < 0 else 0)
+            y0 = side / 2 + rng.uniform(0, max(room_y, 0)) + (travel if dy < 0 else 0)
+            return x0 + dx * speed * t, y0 + dy * speed * t, torch.full_like(t, side)
+        rate = rng.uniform(0.02, 0.03)  # relative change of the window side per frame
+        grow = (1 + rate) ** t if self.move == "zoom-out" else (1 - rate) ** t
+        widest = float(grow.max())
+        base = min(size * 1.0, min(w, h) / widest) if widest > 1 else min(size * 1.45, min(w, h))
+        side = base * grow
+        big = float(side.max())
+        cx = big / 2 + rng.uniform(0, max(w - big, 0))
+        cy = big / 2 + rng.uniform(0, max(h - big, 0))
+        return torch.full_like(t, cx), torch.full_like(t, cy), side
+
+
+def _window_grid(cx, cy, side, size: int, w: int, h: int) -> torch.Tensor:
+    """grid_sample grid (T, size, size, 2) for square windows centred at (cx, cy) with the given sides."""
+    u = (torch.arange(size, dtype=torch.float64) + 0.5) / size - 0.5  # output pixel centres, [-0.5, 0.5)
+    xs = rearrange(cx, "t -> t 1") + rearrange(side, "t -> t 1") * rearrange(u, "x -> 1 x")
+    ys = rearrange(cy, "t -> t 1") + rearrange(side, "t -> t 1") * rearrange(u, "y -> 1 y")
+    # align_corners=False: normalised -1/+1 are the outer edges of the photo's border pixels.
+    gx = repeat(2 * xs / w - 1, "t x -> t y x", y=size)
+    gy = repeat(2 * ys / h - 1, "t y -> t y x", x=size)
+    return rearrange([gx, gy], "xy t y x -> t y x xy").float()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """camera-pans has no options of its own (it uses --seed, --clips-per-video, --frames, --size)."""
+
+
+def records(args: argparse.Namespace) -> dict[str, list[Record]]:
+    """Records per split: every photo × move; VAL_PHOTOS go to val, the rest to train."""
+    out: dict[str, list[Record]] = {split: [] for split in SPLITS}
+    for photo in PHOTOS:
+        split = "val" if photo in VAL_PHOTOS else "train"
+        for move in MOVES:
+            renderer = PanRenderer(photo=photo, move=move, seed=args.seed)
+            meta = {"photo": photo, "move": move}
+            out[split].append(Record(f"{photo}-{move}", renderer, caption_for(photo, move), meta))
+    return out
