@@ -133,6 +133,30 @@ class _EpochPipeline(wds.DataPipeline):
         """Batches per epoch of this rank."""
         return self.size
 
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration stream epoch `epoch` (shard draws and shuffle are seeded by it)."""
+        for stage in self.pipeline:
+            if isinstance(stage, (wds.ResampledShards, _Shuffle)):
+                stage.epoch = epoch - 1  # both increment before use
+
+
+class _EpochLoader(DataLoader):
+    """A DataLoader that tells its pipeline, before each pass, which training epoch is starting.
+
+    The epoch comes from the Trainer, which restores it from a checkpoint: a run resumed at an
+    epoch boundary streams exactly the data the uninterrupted run would have streamed.
+    """
+
+    def __init__(self, dataset: _EpochPipeline, epoch_fn, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self._epoch_fn = epoch_fn
+
+    def __iter__(self):
+        epoch = self._epoch_fn()
+        if epoch is not None:
+            self.dataset.set_epoch(epoch)
+        return super().__iter__()
+
 
 class VideoDataModule(LightningDataModule):
     """Train/val dataloaders over webdataset video shards (see the module docstring for epochs)."""
@@ -194,6 +218,7 @@ class VideoDataModule(LightningDataModule):
         self.num_frames, self.frame_size, self.seed = num_frames, frame_size, seed
         self.val_batch_size = val_batch_size or batch_size
         self.rank, self.world_size = 0, 1
+        self._next_epoch, self._pass_epoch = 0, None  # training passes: see state_dict
         self._decoders: list[_DecodeStage] = []
 
     @property
@@ -265,28 +290,51 @@ class VideoDataModule(LightningDataModule):
             wds.batched(self.val_batch_size, collation_fn=collate_batch, partial=True),
         )
 
-    def _loader(self, dataset, persistent: bool) -> DataLoader:
-        """A DataLoader over a pipeline that batches itself."""
-        # A plain DataLoader rather than wds.WebLoader: Lightning inspects DataLoader
-        # attributes (length, workers), which WebLoader hides inside its own pipeline.
-        return DataLoader(
+    def _loader(self, dataset, epoch_fn=None) -> DataLoader:
+        """A DataLoader over a pipeline that batches itself; `epoch_fn` gives the epoch of each pass."""
+        # A DataLoader rather than wds.WebLoader: Lightning inspects DataLoader attributes
+        # (length, workers), which WebLoader hides inside its own pipeline. Workers are not
+        # persistent, so each pass's workers receive the pipeline with its epoch set.
+        return _EpochLoader(
             dataset,
+            epoch_fn or (lambda: None),
             batch_size=None,
             num_workers=self.num_workers,
-            persistent_workers=persistent and self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),  # page-locked batches copy to the GPU asynchronously
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Training batches of this rank; persistent workers so resampling moves on each epoch."""
+        """Training batches of this rank; each epoch's stream is seeded by the Trainer's epoch."""
         # Lightning warns that __len__ may be wrong with several workers; here each worker is
         # configured on its own (own seed, nbatches / W batches), so the length is exact.
         warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
-        return self._loader(self.train_dataset(), persistent=True)
+        return self._loader(self.train_dataset(), self._start_pass)
+
+    def _start_pass(self) -> int:
+        """The epoch number the training pass now starting streams (0, 1, ...; restored on resume)."""
+        self._pass_epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
+        return self._pass_epoch
+
+    def state_dict(self) -> dict[str, int]:
+        """The data position Lightning stores in checkpoints: the epoch the next training pass streams.
+
+        A checkpoint written on an epoch's last batch resumes with the next epoch's stream, exactly
+        as the uninterrupted run continues; one written mid-epoch restarts that epoch's stream.
+        """
+        finished = False
+        if self.trainer is not None:
+            finished = bool(self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+        epoch = self._pass_epoch if self._pass_epoch is not None else self._next_epoch
+        return {"next_epoch": epoch + 1 if finished else epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from a checkpoint's data position."""
+        self._next_epoch = int(state.get("next_epoch", 0))
+        self._pass_epoch = None
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation batches of this rank, or no loader when val_shards is unset."""
-        return self._loader(self.val_dataset(), persistent=False) if self.val_shards else []
+        return self._loader(self.val_dataset()) if self.val_shards else []
 
 
 def main(argv: list[str] | None = None) -> int:

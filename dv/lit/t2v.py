@@ -153,10 +153,14 @@ class T2VModule(L.LightningModule):
         captions, _, _, _ = drop_conditions(captions, None, self.p_drop_text if drop else 0.0, 0.0, generator)
         return self.backbone.encode_text(captions), None
 
-    def step_generator(self, *salt: int) -> torch.Generator:
-        """A generator on the module's device seeded by (seed, salt, rank): the step's randomness is reproducible."""
+    def step_seed(self, *salt: int) -> int:
+        """A seed that is a function of (seed, salt, rank) only."""
         rank = self.trainer.global_rank if self._trainer is not None else 0
-        return torch.Generator(device=self.device).manual_seed(hash((self.seed, *salt, rank)) & (2**62 - 1))
+        return hash((self.seed, *salt, rank)) & (2**62 - 1)
+
+    def step_generator(self, *salt: int) -> torch.Generator:
+        """A generator on the module's device seeded by step_seed: the step's draws are reproducible."""
+        return torch.Generator(device=self.device).manual_seed(self.step_seed(*salt))
 
     def diffusion_loss(self, batch: dict, generator: torch.Generator, drop: bool):
         """Per-sample MSE of the model's prediction at a random timestep, and those timesteps."""
@@ -173,6 +177,9 @@ class T2VModule(L.LightningModule):
         return per_sample, t
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        # The U-Net's temporal convs use dropout (p=0.1, as ModelScope's), which draws from the global
+        # RNG: seeding it per step makes a resumed run draw the masks the uninterrupted run draws.
+        torch.manual_seed(self.step_seed(self.global_step, batch_idx, 1))
         per_sample, t = self.diffusion_loss(batch, self.step_generator(self.global_step, batch_idx), drop=True)
         loss = per_sample.mean()
         if not torch.isfinite(loss):
@@ -209,7 +216,9 @@ class T2VModule(L.LightningModule):
         if grads:
             self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        # The EMA moves right after the weights, before callbacks (ModelCheckpoint) see the step.
+        super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
             self.ema.update()
 
