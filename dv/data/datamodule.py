@@ -165,6 +165,7 @@ class VideoDataModule(LightningDataModule):
         self,
         train_shards: str | list[str] | None = None,
         val_shards: str | list[str] | None = None,
+        test_shards: str | list[str] | None = None,
         batch_size: int = 4,
         num_workers: int = 2,
         shuffle_buffer: int = 256,
@@ -180,6 +181,7 @@ class VideoDataModule(LightningDataModule):
             train_shards: training shards: a brace pattern (``DIR/train-{000000..000099}.tar``),
                 a glob (``DIR/train-*.tar``) or a list of either.
             val_shards: validation shards, same forms; None for no validation.
+            test_shards: shards of `dv test`, read like the validation shards; None for none.
             batch_size: training clips per batch, per rank.
             num_workers: DataLoader worker processes per rank (0 decodes in the main process).
             shuffle_buffer: samples held in each worker's shuffle buffer (training only).
@@ -212,7 +214,7 @@ class VideoDataModule(LightningDataModule):
         # No save_hyperparameters(): it keeps the caller's frame in a reference cycle, which delays
         # freeing the DataLoader until a gc pass that drops its worker-shutdown messages (a 5 s hang
         # per persistent worker). LightningCLI records the datamodule's config anyway.
-        self.train_shards, self.val_shards = train_shards, val_shards
+        self.train_shards, self.val_shards, self.test_shards = train_shards, val_shards, test_shards
         self.batch_size, self.num_workers = batch_size, num_workers
         self.shuffle_buffer, self.samples_per_epoch = shuffle_buffer, samples_per_epoch
         self.num_frames, self.frame_size, self.seed = num_frames, frame_size, seed
@@ -271,16 +273,19 @@ class VideoDataModule(LightningDataModule):
         # with_epoch counts per worker: each of the W workers yields nbatches / W batches.
         return pipeline.with_epoch(nbatches // max(self.num_workers, 1))
 
-    def val_dataset(self, rank: int | None = None, world_size: int | None = None) -> wds.DataPipeline:
-        """The validation pipeline of a rank: its shards (split by node, then worker), in order, decoded."""
-        if not self.val_shards:
-            raise ConfigError("val_shards is not set; point it at DIR/val-*.tar")
+    def val_dataset(
+        self, rank: int | None = None, world_size: int | None = None, split: str = "val"
+    ) -> wds.DataPipeline:
+        """The validation (or test) pipeline of a rank: its shards (split by node, then worker), in order, decoded."""
+        shards = self.test_shards if split == "test" else self.val_shards
+        if not shards:
+            raise ConfigError(f"{split}_shards is not set; point it at DIR/{split}-*.tar")
         rank = self.rank if rank is None else rank
         world_size = self.world_size if world_size is None else world_size
-        urls = expand_shards(self.val_shards)
+        urls = expand_shards(shards)
         if len(urls) < world_size and rank == 0:
             log.warning("dv.data: %d val shards for %d ranks; some ranks validate on nothing", len(urls), world_size)
-        decoder = self._decoder("val")
+        decoder = self._decoder(split)
         return wds.DataPipeline(
             wds.SimpleShardList(urls),
             _SplitByNode(rank, world_size),
@@ -335,6 +340,10 @@ class VideoDataModule(LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         """Validation batches of this rank, or no loader when val_shards is unset."""
         return self._loader(self.val_dataset()) if self.val_shards else []
+
+    def test_dataloader(self) -> DataLoader | list:
+        """Test batches of this rank (`dv test`), read like validation."""
+        return self._loader(self.val_dataset(split="test")) if self.test_shards else []
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -203,6 +203,11 @@ class T2VModule(L.LightningModule):
         per_sample, _ = self.diffusion_loss(batch, self.step_generator(-1, batch_idx), drop=False)
         self.log("val/loss", per_sample.mean(), prog_bar=True, batch_size=per_sample.shape[0], sync_dist=True)
 
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        # The same fixed-noise loss as validation, on the test shards.
+        per_sample, _ = self.diffusion_loss(batch, self.step_generator(-2, batch_idx), drop=False)
+        self.log("test/loss", per_sample.mean(), batch_size=per_sample.shape[0], sync_dist=True)
+
     # ---- optimisation ---------------------------------------------------------------------------------------
     def configure_optimizers(self):
         params = [p for _, p in self.trainable_parameters()]

@@ -144,3 +144,12 @@ def test_sample_bad_input_is_one_line(tmp_path, capsys, flags, needle):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("dv: error: ") and "\n" not in err, err
     assert needle in err
+
+
+def test_validate_and_test_commands(tmp_path, pans_shards):
+    recipe = tiny_recipe(tmp_path, pans_shards, "vt", max_steps=1)
+    fit(recipe)
+    ckpt = str(tmp_path / "runs" / "vt" / "latest" / "checkpoints" / "last.ckpt")
+    assert dv_main(["validate", "--recipe", str(recipe), "--ckpt_path", ckpt]) == 0
+    assert dv_main(["test", "--recipe", str(recipe), "--ckpt_path", ckpt,
+                    f"--data.init_args.test_shards={pans_shards / 'val-*.tar'}"]) == 0
