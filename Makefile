@@ -45,11 +45,13 @@ demo: shards
 		--model.init_args.backbone.unet_weights='[$(RUNS)/demo-t2v/export.safetensors]'
 	$(DV) export --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/latest/checkpoints/last.ckpt \
 		--out $(RUNS)/demo/export.safetensors
+	$(DV) validate --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/latest/checkpoints/last.ckpt
 	$(DV) info --recipe recipes/demo.yaml
 	$(PY) -c "from PIL import Image; from data_prep.camera_pans import load_photo; Image.fromarray(load_photo('$(DEMO_PHOTO)')).save('$(RUNS)/demo/$(DEMO_PHOTO).png')"
 	$(DV) sample --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/export.safetensors \
 		--image $(RUNS)/demo/$(DEMO_PHOTO).png --prompt "$(DEMO_PROMPT)" --steps 25 --guidance-text 3 --guidance-image 1.5 \
 		--gif --strip --out $(RUNS)/demo/sample.mp4
+	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir $(RUNS)"
 
 bench-loader: shards
 	$(PY) benchmarks/loader.py --shards "$(SHARDS)/train-*.tar"

@@ -13,13 +13,20 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 def _recipe_to_config(args: list[str]) -> list[str]:
-    """LightningCLI names its YAML `--config`; dv calls it `--recipe`. Checkpoints load with weights_only."""
+    """LightningCLI names its YAML `--config` and checkpoint `--ckpt_path`; dv also says `--recipe` and `--ckpt`.
+
+    Checkpoints load with weights_only=True unless asked otherwise.
+    """
     out = []
     for a in args:
         if a == "--recipe":
             out.append("--config")
         elif a.startswith("--recipe="):
             out.append("--config=" + a.split("=", 1)[1])
+        elif a == "--ckpt":
+            out.append("--ckpt_path")
+        elif a.startswith("--ckpt="):
+            out.append("--ckpt_path=" + a.split("=", 1)[1])
         else:
             out.append(a)
     if not any(a.startswith("--weights_only") for a in out) and not any(a in ("-h", "--help") for a in out):

@@ -90,14 +90,19 @@ class CLIPSim(_ClipMetric):
 
 
 class FFFClip(_ClipMetric):
-    """FFF_CLIP: 100 x cosine between CLIP image embeddings of the first generated frame and the real first frame.
+    """FFF_CLIP: cosine between CLIP image embeddings of the first generated frame and the real first frame.
 
-    Reported on the same x100 scale as CLIP-SIM (`scale`); identical frames give 100. Same
-    preprocessing as CLIPSim.
+    Reported as a plain cosine (`scale` 1), as the paper's Table 1 does (0.76 for DreamVideo on
+    UCF101); identical frames give 1. Same preprocessing as CLIPSim.
 
     ``update(videos, reference)``: videos uint8 (B, T, H, W, 3) or float in [0, 1]; reference uint8
     (B, H, W, 3), the real first frames (the reference images of image-to-video generation).
     """
+
+    def __init__(self, detector, model_name: str = "ViT-B-32", quick_gelu: bool = True, scale: float = 1.0,
+                 max_batch: int = 256, **kwargs: Any) -> None:
+        """As CLIPSim, with the cosine reported unscaled by default."""
+        super().__init__(detector, model_name, quick_gelu, scale, max_batch, **kwargs)
 
     def update(self, videos: Tensor, reference: Tensor) -> None:
         """Add a batch of generated videos and their real first frames."""

@@ -123,6 +123,9 @@ def test_make_demo_end_to_end(tmp_path, pans_shards):
     video = decode_mp4((runs / "demo" / "sample.mp4").read_bytes())
     assert video.shape == (8, 32, 32, 3), "the demo recipe samples 8 frames of 32×32"
     assert (runs / "demo" / "sample.png").is_file() and (runs / "demo" / "sample.gif").is_file()
+    table = (runs / "demo" / "latest" / "results.md").read_text()
+    assert "ti2v" in table and "zero_shot" in table and "FFF_SSIM" in table
+    assert "tensorboard --logdir" in result.stdout
 
 
 @pytest.mark.parametrize(
