@@ -6,7 +6,7 @@ DV := $(VENV)/bin/dv
 SHARDS ?= data/shards/camera-pans
 RUNS ?= runs
 
-.PHONY: install test test-fast shards demo bench-loader clean
+.PHONY: install test test-fast shards demo bench-loader bench-sampling clean
 
 install: $(VENV)/.installed
 
@@ -52,6 +52,10 @@ demo: shards
 		--image $(RUNS)/demo/$(DEMO_PHOTO).png --prompt "$(DEMO_PROMPT)" --steps 25 --guidance-text 3 --guidance-image 1.5 \
 		--gif --strip --out $(RUNS)/demo/sample.mp4
 	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir $(RUNS)"
+
+bench-sampling: install
+	$(PY) -m pip install --quiet transformers   # the stock diffusers pipeline imports it; dv does not
+	$(PY) benchmarks/sampling.py --recipe recipes/demo.yaml
 
 bench-loader: shards
 	$(PY) benchmarks/loader.py --shards "$(SHARDS)/train-*.tar"
