@@ -34,13 +34,22 @@ def table_rows(results: dict[str, dict[str, float]], videos: int, paper: str | N
     return rows
 
 
-def write_results(results: dict[str, dict[str, float]], videos: int, out_dir: str | Path, paper: str | None = None) -> list[Path]:
-    """Write results.md and results.csv under out_dir; returns their paths."""
+def write_results(
+    results: dict[str, dict[str, float]],
+    videos: int,
+    out_dir: str | Path,
+    paper: str | None = None,
+    detectors: dict[str, str] | None = None,
+) -> list[Path]:
+    """Write results.md and results.csv under out_dir (with the detector file of each metric); returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = table_rows(results, videos, paper)
     md = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     md += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    titles = dict(COLUMNS)
+    md += ["", "Detectors: " + ("; ".join(f"{titles.get(k, k)}: {v}" for k, v in sorted((detectors or {}).items()))
+                                or "none configured (FVD, IS, CLIP-SIM and FFF_CLIP skipped)")]
     (out / "results.md").write_text("\n".join(md) + "\n")
     with open(out / "results.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)

@@ -74,6 +74,7 @@ class VideoValidation(Callback):
         self._pairs: dict | None = None
         self._metrics = None
         self.results: dict[str, dict[str, float]] = {}
+        self.detectors: dict[str, str] = {}
 
     # ---- hooks ----------------------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -93,7 +94,7 @@ class VideoValidation(Callback):
         if trainer.is_global_zero:
             out_dir = trainer.log_dir or "."
             videos = len(self.pairs(trainer)["caption"]) * trainer.world_size
-            paths = write_results(self.results, videos, out_dir, self.paper_rows)
+            paths = write_results(self.results, videos, out_dir, self.paper_rows, self.detectors)
             print((Path(paths[0]).read_text()))
             print(f"results: {paths[0]} and {paths[1]}")
 
@@ -156,6 +157,8 @@ class VideoValidation(Callback):
         if writer is not None and trainer.is_global_zero:
             for tag, value in flat.items():
                 writer.add_scalar(tag, value, trainer.global_step)
+            # The hyper-parameters tab: the run's settings beside its latest metrics.
+            self._tensorboard(trainer).log_hyperparams(dict(pl_module.hparams), metrics=flat)
         return self.results
 
     def score(self, pairs: dict, videos: torch.Tensor, device) -> dict[str, float]:
@@ -175,6 +178,8 @@ class VideoValidation(Callback):
                 metric.update(videos.to(device), pairs["reference"].to(device))
             value = metric.compute()
             row[name] = float(value[0] if isinstance(value, tuple) else value)
+            if getattr(metric, "detector_id", None) is not None:
+                self.detectors[name] = f"{metric.detector_id.path} (sha256 {metric.detector_id.sha256})"
         return row
 
     def log_media(self, trainer: L.Trainer, mode: str, pairs: dict, videos: torch.Tensor) -> None:
@@ -190,11 +195,13 @@ class VideoValidation(Callback):
                          dataformats="HWC")
 
     @staticmethod
-    def _writer(trainer: L.Trainer):
-        """The TensorBoard SummaryWriter of the trainer's logger, if it has one."""
+    def _tensorboard(trainer: L.Trainer):
+        """The trainer's TensorBoardLogger, if it has one."""
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                return logger.experiment
-        return None
+        return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+    def _writer(self, trainer: L.Trainer):
+        """The TensorBoard SummaryWriter of the trainer's logger, if it has one."""
+        logger = self._tensorboard(trainer)
+        return logger.experiment if logger is not None else None

@@ -41,9 +41,12 @@ def test_fit_logs_dashboard_tags_and_validate_writes_the_table(tmp_path, pans_sh
         assert f"val_{mode}/video_0" in images and f"val_{mode}/reference_first_last" in images
     layout = ea.PluginTagToContent("custom_scalars") if hasattr(ea, "PluginTagToContent") else None
     assert layout, "a custom-scalars layout is written"
+    hparams = ea.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in hparams, "hyper-parameters are logged with the metrics"
 
     ckpt = run / "checkpoints" / "last.ckpt"
     assert dv_main(["validate", "--recipe", str(recipe), "--ckpt_path", str(ckpt)]) == 0
     table = next((tmp_path / "runs" / "dash").glob("*/results.md")).read_text()
     assert "ti2v" in table and "zero_shot" in table and "paper: DreamVideo (Table 1)" in table
     assert "FFF_SSIM" in table and "FVD" in table
+    assert "Detectors: none configured" in table
