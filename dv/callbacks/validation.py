@@ -7,6 +7,7 @@ import logging
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 from tqdm.auto import tqdm
 
 from pathlib import Path
@@ -88,7 +89,7 @@ class VideoValidation(Callback):
             self.run(trainer, pl_module)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if not trainer.validating:  # during fit the step schedule above decides
+        if trainer.state.fn != TrainerFn.VALIDATING:  # during fit the step schedule above decides
             return
         self.run(trainer, pl_module)
         if trainer.is_global_zero:

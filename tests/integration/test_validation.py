@@ -44,6 +44,7 @@ def test_fit_logs_dashboard_tags_and_validate_writes_the_table(tmp_path, pans_sh
     hparams = ea.PluginTagToContent("hparams")
     assert "_hparams_/session_start_info" in hparams, "hyper-parameters are logged with the metrics"
 
+    assert not list((tmp_path / "runs" / "dash").glob("*/results.md")), "fit's validation loop writes no table"
     ckpt = run / "checkpoints" / "last.ckpt"
     assert dv_main(["validate", "--recipe", str(recipe), "--ckpt_path", str(ckpt)]) == 0
     table = next((tmp_path / "runs" / "dash").glob("*/results.md")).read_text()
