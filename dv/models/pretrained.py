@@ -126,8 +126,8 @@ def _torch_load(path: Path) -> object:
         # weights_only refuses a pickled class or function by naming the blocked GLOBAL.
         if "global" in str(err).lower():
             raise WeightsError(
-                f"{path} holds pickled Python objects that dv will not unpickle: in a trusted session, load it "
-                f"with torch.load(path, weights_only=False) and save its state dict with "
+                f"{path} holds pickled Python objects that dv will not unpickle: if you trust the file, load it "
+                f"yourself with weights_only disabled and save its state dict with "
                 f"safetensors.torch.save_file(state_dict, 'weights.safetensors')."
             ) from err
         raise WeightsError(f"{path} cannot be read as a PyTorch checkpoint ({err}); the file may be corrupt.") from err
