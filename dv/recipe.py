@@ -74,8 +74,11 @@ def load_checkpoint(path: str) -> dict:
         raise WeightsError(f"checkpoint {path!r} cannot be read safely (weights_only): {str(e).splitlines()[0]}") from None
 
 
-def restore_trained_weights(module: L.LightningModule, ckpt_path: str, use_ema: bool = True) -> None:
-    """Load a checkpoint's trained weights (EMA ones when present and asked for) into a built module."""
+def restore_trained_weights(module: L.LightningModule, ckpt_path: str, use_ema: bool = True) -> dict:
+    """Load a checkpoint's trained weights (EMA ones when present and asked for) into a built module.
+
+    The module's EMA state is restored too (on_load_checkpoint); returns the checkpoint read.
+    """
     checkpoint = load_checkpoint(ckpt_path)
     module.on_load_checkpoint(checkpoint)
     module.load_state_dict(checkpoint["state_dict"], strict=False)
@@ -83,3 +86,4 @@ def restore_trained_weights(module: L.LightningModule, ckpt_path: str, use_ema: 
         with torch.no_grad():
             for p, s in zip(module.ema.params, module.ema.shadow):
                 p.copy_(s)
+    return checkpoint

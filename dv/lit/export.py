@@ -6,7 +6,7 @@ import dataclasses
 import json
 
 from dv import __version__
-from dv.recipe import build_model, load_checkpoint, restore_trained_weights
+from dv.recipe import build_model, restore_trained_weights
 
 
 def plain(value):
@@ -26,10 +26,8 @@ def export_checkpoint(recipe: str, ckpt: str, out: str, use_ema: bool = True) ->
 
     module = build_model(recipe)
     module.configure_model()
-    restore_trained_weights(module, ckpt, use_ema=False)
-    checkpoint = load_checkpoint(ckpt)
-    if use_ema and module.ema is not None and "ema" in checkpoint:
-        module.ema.load_state_dict(checkpoint["ema"])
+    # Raw weights into the parameters; the EMA shadows (restored alongside) are exported when asked for.
+    checkpoint = restore_trained_weights(module, ckpt, use_ema=False)
     state = module.trained_state_dict(use_ema=use_ema)
     parts = sorted({k.split(".", 1)[0] for k in state})
     metadata = {
