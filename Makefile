@@ -6,16 +6,16 @@ DV := $(VENV)/bin/dv
 SHARDS ?= data/shards/camera-pans
 RUNS ?= runs
 
-.PHONY: install test test-fast shards demo bench-loader bench-sampling clean
+.PHONY: install test test-fast shards latents demo app bench-loader bench-sampling clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-app.txt setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-app.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
-	$(PY) -c "import torch, torchvision, lightning, torchmetrics, webdataset, av, einops, open_clip, skimage, tensorboard, diffusers; from torchvision.ops import nms"
+	$(PY) -c "import torch, torchvision, lightning, torchmetrics, webdataset, av, einops, open_clip, skimage, tensorboard, diffusers, gradio, gradio_client; from torchvision.ops import nms"
 	touch $@
 
 test: install
@@ -28,6 +28,11 @@ test-fast: install
 SHARD_ARGS ?=
 shards: install
 	$(PY) -m data_prep build --source camera-pans --out $(SHARDS) $(SHARD_ARGS)
+
+# Latent shards of the demo data, encoded once by the demo recipes' autoencoder (both stages share it).
+LATENTS ?= data/latents/camera-pans
+latents: shards
+	$(DV) cache-latents --recipe recipes/demo-t2v.yaml --shards "$(SHARDS)/train-*.tar" "$(SHARDS)/val-*.tar" --out $(LATENTS)
 
 # The CPU demo: shards, a tiny T2V backbone (stage 1), then DreamVideo on it (stage 2).
 # FIT_ARGS passes LightningCLI overrides to both stages (e.g. FIT_ARGS=--trainer.max_steps=10).
@@ -52,6 +57,12 @@ demo: shards
 		--image $(RUNS)/demo/$(DEMO_PHOTO).png --prompt "$(DEMO_PROMPT)" --steps 25 --guidance-text 3 --guidance-image 1.5 \
 		--gif --strip --out $(RUNS)/demo/sample.mp4
 	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir $(RUNS)"
+
+# The browser page over the model `make demo` trained (APP_ARGS: e.g. APP_ARGS="--port 8000").
+APP_ARGS ?=
+app: install
+	@test -f $(RUNS)/demo/export.safetensors || { echo "no demo model in $(RUNS)/demo: run make demo first"; exit 1; }
+	$(DV) app --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/export.safetensors --out-dir $(RUNS)/app $(APP_ARGS)
 
 bench-sampling: install
 	$(PY) -m pip install --quiet transformers   # the stock diffusers pipeline imports it; dv does not

@@ -14,70 +14,18 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
-import re
 import shlex
-import statistics
 import sys
-import time
 from pathlib import Path
 
-from dv.data.datamodule import VideoDataModule
+from dv.bench.device import cpu_name
+from dv.bench.loader import measure
 
 README = Path(__file__).with_name("README.md")
 BEGIN, END = "<!-- loader:begin -->", "<!-- loader:end -->"
 # Training-step consumption, per GPU (../shared/anchors-h100.md): plain DreamVideo step at batch 8
 # with checkpointing, and dv's target.
 ANCHORS = {"plain DreamVideo step (batch 8, H100)": 6.15, "dv target": 25.0}
-
-
-def cpu_name() -> str:
-    """CPU model from /proc/cpuinfo (or platform), with the cores this process may use."""
-    name = platform.processor() or platform.machine()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        match = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-        name = match.group(1).strip() if match else name
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{name}, {cores} cores available"
-
-
-def measure(shards: str, workers: int, batch_size: int, clips: int, repeats: int, frame_size: int | None) -> dict:
-    """Median clips/s over `repeats` timed epochs of `clips` clips each, after one warm-up epoch."""
-    dm = VideoDataModule(
-        train_shards=shards,
-        batch_size=batch_size,
-        num_workers=workers,
-        shuffle_buffer=64,
-        samples_per_epoch=clips,
-        frame_size=frame_size,
-        seed=0,
-    )
-    dm.setup("fit")
-    loader = dm.train_dataloader()
-    start = time.perf_counter()
-    epoch = iter(loader)  # warm-up epoch: worker start-up, shuffle buffer, first decodes
-    shape = tuple(next(epoch)["video"].shape)
-    for _ in epoch:
-        pass
-    warmup = time.perf_counter() - start
-    rates = []
-    for _ in range(repeats):
-        start, n = time.perf_counter(), 0
-        for batch in loader:
-            n += batch["video"].shape[0]
-        rates.append(n / (time.perf_counter() - start))
-    del loader
-    return {
-        "workers": workers,
-        "clips_per_s": statistics.median(rates),
-        "rates": rates,
-        "warmup_s": warmup,
-        "shape": shape,
-        "skipped": dm.skipped_samples,
-    }
 
 
 def render(results: list[dict], args, command: str) -> str:

@@ -56,6 +56,15 @@ def make_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--frames", type=int, default=16, help="frames per clip (default: 16)")
     b.add_argument("--stride", type=int, default=4, help="take every Nth source frame (default: 4)")
+    b.add_argument(
+        "--stride-range",
+        type=int,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=None,
+        help="instead of --stride, draw each source's stride from LOW..HIGH (DynamiCrafter: 1 6); "
+        "the clip's stride is in its metadata",
+    )
     b.add_argument("--size", type=int, default=256, help="clip side in pixels, even (default: 256)")
     b.add_argument("--clips-per-video", type=int, default=None, help="clips per source (default: 1; camera-pans 2)")
     b.add_argument("--pad-short", action="store_true", help="repeat the last frame of videos too short for a clip")
@@ -75,6 +84,10 @@ def _validate(args: argparse.Namespace) -> None:
     checks = [
         (args.frames >= 1, "--frames must be at least 1"),
         (args.stride >= 1, "--stride must be at least 1"),
+        (
+            args.stride_range is None or 1 <= args.stride_range[0] <= args.stride_range[1],
+            "--stride-range LOW HIGH needs 1 <= LOW <= HIGH",
+        ),
         (args.size >= 2 and args.size % 2 == 0, "--size must be an even number of pixels (H.264 4:2:0)"),
         (args.clips_per_video is None or args.clips_per_video >= 1, "--clips-per-video must be at least 1"),
         (args.shard_size is None or args.shard_size >= 1, "--shard-size must be at least 1"),
@@ -121,6 +134,7 @@ def run_build(args: argparse.Namespace) -> int:
         pad_short=args.pad_short,
         crf=args.crf,
         seed=args.seed,
+        stride_range=tuple(args.stride_range) if args.stride_range else None,
     )
     summary = build(splits, cfg, quiet=args.quiet)
     print(summary.report(), file=sys.stderr)

@@ -16,7 +16,10 @@ consecutive frames recovers the direction.
 Synthetic clips have no source stride: frames are rendered one per clip frame,
 ``meta.stride`` is 1 and ``frame_indices`` are 0..T-1 whatever ``--stride``
 says; ``source_fps`` is the nominal 8 fps the clips are encoded at, and
-``source_size`` the photo's (w, h).
+``source_size`` the photo's (w, h). With ``--stride-range LOW HIGH`` each
+source renders its clips at a stride s drawn from the range: frame i is the
+camera at time i·s of the stride-1 clip (s times the motion per frame), and
+``meta.stride`` is s.
 """
 
 from __future__ import annotations
@@ -93,6 +96,17 @@ def load_photo(name: str) -> np.ndarray:
     return img
 
 
+def reference_view(photo: str, size: int) -> np.ndarray:
+    """The photo's centred window at the scale of a pan's frames, uint8 (size, size, 3): a held-out reference image."""
+    img = rearrange(torch.tensor(load_photo(photo)), "h w c -> 1 c h w").float()
+    h, w = img.shape[-2:]
+    side = WINDOW_FRACTION * min(h, w)
+    top, left = int(round((h - side) / 2)), int(round((w - side) / 2))
+    crop = img[..., top : top + int(round(side)), left : left + int(round(side))]
+    out = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return np.ascontiguousarray(rearrange(out.round().clamp(0, 255).to(torch.uint8), "1 c h w -> h w c").numpy())
+
+
 @dataclass(frozen=True)
 class PanRenderer:
     """Renders clips of one photo × move; picklable, so pool workers render in parallel."""
@@ -108,34 +122,35 @@ class PanRenderer:
         h, w = load_photo(self.photo).shape[:2]
         return w, h
 
-    def render(self, clip_index: int, frames: int, size: int) -> np.ndarray:
-        """uint8 (T, size, size, 3) frames of variant `clip_index` of this move."""
+    def render(self, clip_index: int, frames: int, size: int, stride: int = 1) -> np.ndarray:
+        """uint8 (T, size, size, 3) frames of variant `clip_index` of this move, `stride` time steps apart."""
         x = rearrange(torch.tensor(load_photo(self.photo)), "h w c -> 1 c h w").float()
         # Pre-scale so the window is about `size` photo pixels: sampling then never shrinks
         # much, and bilinear needs no anti-aliasing.
         scale = size / WINDOW_FRACTION / min(x.shape[-2:])
         x = F.interpolate(x, scale_factor=scale, mode="bilinear", antialias=scale < 1, align_corners=False)
         h, w = x.shape[-2:]
-        cx, cy, side = self._path(clip_index, frames, size, w, h)
+        cx, cy, side = self._path(clip_index, frames, size, w, h, stride)
         grid = _window_grid(cx, cy, side, size, w, h)
         x = repeat(x, "1 c h w -> t c h w", t=frames)
         out = F.grid_sample(x, grid, mode="bilinear", align_corners=False)
         out = rearrange(out.round().clamp(0, 255).to(torch.uint8), "t c h w -> t h w c")
         return np.ascontiguousarray(out.numpy())
 
-    def _path(self, clip_index: int, frames: int, size: int, w: int, h: int):
+    def _path(self, clip_index: int, frames: int, size: int, w: int, h: int, stride: int = 1):
         """Window centre (cx, cy) and side per frame, in photo pixels."""
         rng = random.Random(f"{self.seed}/{self.photo}/{self.move}/{clip_index}")
-        t = torch.arange(frames, dtype=torch.float64)
+        # Time of each frame: a clip at stride s shows every s-th frame of the stride-1 camera path.
+        t = torch.arange(frames, dtype=torch.float64) * stride
         if self.move in _PAN_DIRECTION:
             dx, dy = _PAN_DIRECTION[self.move]
             side = float(size)
             speed = rng.uniform(2.5, 4.5) * side / size  # photo px per frame
-            travel = speed * (frames - 1)
+            travel = speed * float(t[-1])
             room_x, room_y = w - side - abs(dx) * travel, h - side - abs(dy) * travel
             if room_x < 0 or room_y < 0:  # very long clips: slow down to fit the photo
                 speed *= max(0.0, min(w - side, h - side)) / max(travel, 1e-6)
-                travel = speed * (frames - 1)
+                travel = speed * float(t[-1])
                 room_x, room_y = w - side - abs(dx) * travel, h - side - abs(dy) * travel
             x0 = side / 2 + rng.uniform(0, max(room_x, 0)) + (travel if dx < 0 else 0)
             y0 = side / 2 + rng.uniform(0, max(room_y, 0)) + (travel if dy < 0 else 0)

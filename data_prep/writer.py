@@ -14,6 +14,7 @@ import hashlib
 import multiprocessing as mp
 import os
 import queue as queue_lib
+import random
 import time
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -60,7 +61,8 @@ class Renderer(Protocol):
     source_size: tuple[int, int]
 
     def render(self, clip_index: int, frames: int, size: int) -> np.ndarray:
-        """uint8 (T, size, size, 3) frames of one clip."""
+        """uint8 (T, size, size, 3) frames of one clip (with ``stride=s`` when built with a stride range:
+        rendered frames s apart in time)."""
 
 
 @dataclass(frozen=True)
@@ -91,11 +93,31 @@ class BuildConfig:
     pad_short: bool = False
     crf: int = 18
     seed: int = 0
+    stride_range: tuple[int, int] | None = None
+    """Draw each source's stride uniformly from [low, high] (DynamiCrafter's frame-stride conditioning);
+    None uses `stride` for every clip. The stride of each clip is in its metadata (``meta.stride``)."""
 
     def settings(self) -> dict[str, Any]:
         """The settings that shape a shard's content, recorded in its stats."""
         keys = ("source", "frames", "stride", "size", "clips_per_video", "shard_size", "pad_short", "crf", "seed")
-        return {k: getattr(self, k) for k in keys}
+        settings = {k: getattr(self, k) for k in keys}
+        if self.stride_range is not None:
+            settings["stride_range"] = list(self.stride_range)
+        return settings
+
+
+def source_stride(cfg: BuildConfig, source_id: str, num_source_frames: int | None = None) -> int:
+    """The stride of a source's clips: `cfg.stride`, or a draw from `cfg.stride_range` deterministic in
+    (seed, source id), lowered to the largest stride whose clip fits `num_source_frames` (not below the low end)."""
+    if cfg.stride_range is None:
+        return cfg.stride
+    low, high = cfg.stride_range
+    stride = random.Random(f"{cfg.seed}/{source_id}").randint(low, high)
+    if num_source_frames is not None:
+        # A short video still gives a clip, at the largest stride it holds, rather than being skipped.
+        while stride > low and clip_span(cfg.frames, stride) > num_source_frames:
+            stride -= 1
+    return stride
 
 
 @dataclass(frozen=True)
@@ -164,8 +186,10 @@ def _valid_captions(caption: str | tuple[str, ...] | None) -> tuple[str, ...] | 
     return tuple(good) if good else "caption_not_utf8"
 
 
-def _clips_from_file(path: str, cfg: BuildConfig) -> tuple[list[tuple[list[int], np.ndarray]], dict, str | None]:
-    """Decode the clips of one video file: ([(indices, frames)], source info, skip reason or None)."""
+def _clips_from_file(
+    path: str, cfg: BuildConfig, source_id: str = ""
+) -> tuple[list[tuple[list[int], np.ndarray]], dict, str | None]:
+    """Decode the clips of one video file: ([(indices, frames)], source info with the stride used, skip reason or None)."""
     p = Path(path)
     if not p.is_file():
         return [], {}, "missing_file"
@@ -178,9 +202,10 @@ def _clips_from_file(path: str, cfg: BuildConfig) -> tuple[list[tuple[list[int],
     src = {"source_fps": info.fps, "source_size": (info.width, info.height)}
     n = info.num_frames if info.num_frames > 0 else count_frames(p)
     for attempt in range(2):
-        clips = sample_clip_indices(n, cfg.frames, cfg.stride, cfg.clips_per_video, cfg.pad_short)
+        stride = src["stride"] = source_stride(cfg, source_id, n)
+        clips = sample_clip_indices(n, cfg.frames, stride, cfg.clips_per_video, cfg.pad_short)
         if not clips:
-            return [], src, f"too_short: {n} frames, one clip needs {clip_span(cfg.frames, cfg.stride)}"
+            return [], src, f"too_short: {n} frames, one clip needs {clip_span(cfg.frames, stride)}"
         try:
             frames, decoded = read_frames(p, {i for c in clips for i in c}, cfg.size)
         except VideoError as exc:
@@ -196,11 +221,18 @@ def _clips_from_file(path: str, cfg: BuildConfig) -> tuple[list[tuple[list[int],
     return [(c, stack_frames(frames, c)) for c in whole], src, None
 
 
-def _clips_from_renderer(renderer: Renderer, cfg: BuildConfig) -> tuple[list[tuple[list[int], np.ndarray]], dict]:
-    """Render the clips of a synthetic source; frame indices are the rendered frames 0..T-1."""
-    src = {"source_fps": float(renderer.fps), "source_size": tuple(renderer.source_size)}
-    indices = list(range(cfg.frames))
-    return [(indices, renderer.render(k, cfg.frames, cfg.size)) for k in range(cfg.clips_per_video)], src
+def _clips_from_renderer(
+    renderer: Renderer, cfg: BuildConfig, source_id: str = ""
+) -> tuple[list[tuple[list[int], np.ndarray]], dict]:
+    """Render the clips of a synthetic source; frame indices are the rendered frames (0..T-1 at stride 1)."""
+    src = {"source_fps": float(renderer.fps), "source_size": tuple(renderer.source_size), "stride": 1}
+    if cfg.stride_range is None:
+        indices = list(range(cfg.frames))
+        return [(indices, renderer.render(k, cfg.frames, cfg.size)) for k in range(cfg.clips_per_video)], src
+    stride = src["stride"] = source_stride(cfg, source_id)
+    indices = [i * stride for i in range(cfg.frames)]
+    clips = [(indices, renderer.render(k, cfg.frames, cfg.size, stride=stride)) for k in range(cfg.clips_per_video)]
+    return clips, src
 
 
 def process_record(record: Record, split: str, cfg: BuildConfig) -> tuple[list[dict], str | None]:
@@ -211,13 +243,12 @@ def process_record(record: Record, split: str, cfg: BuildConfig) -> tuple[list[d
     if isinstance(captions, str):
         return [], captions
     if isinstance(record.video, str):
-        clips, src, reason = _clips_from_file(record.video, cfg)
-        stride = cfg.stride
+        clips, src, reason = _clips_from_file(record.video, cfg, record.source_id)
         if reason:
             return [], reason
     else:
-        clips, src = _clips_from_renderer(record.video, cfg)
-        stride = 1
+        clips, src = _clips_from_renderer(record.video, cfg, record.source_id)
+    stride = src["stride"]
     samples = []
     for clip_index, (indices, frames) in enumerate(clips):
         fps = strided_fps(src["source_fps"], stride)

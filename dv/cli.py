@@ -67,11 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     from dv.sample import add_arguments as sample_arguments
 
     sample_arguments(sub.add_parser("sample", help="sample a video from a checkpoint, an image and prompts"))
+    from dv.app import add_arguments as app_arguments
+
+    app_arguments(sub.add_parser("app", help="a browser page over a checkpoint (Gradio; pip install -e '.[app]')"))
+    from dv.bench.cli import add_arguments as bench_arguments
+
+    bench_arguments(sub.add_parser("bench", help="s/step, clips/s, memory, FLOPs and MFU of a recipe, and the plain loop's"))
     export = sub.add_parser("export", help="write a checkpoint's trained weights to one safetensors file")
     export.add_argument("--recipe", required=True)
     export.add_argument("--ckpt", required=True)
     export.add_argument("--out", required=True)
     export.add_argument("--no-ema", action="store_true", help="export the raw weights even when an EMA was kept")
+    from dv.cache import add_arguments as cache_arguments
+
+    cache_arguments(sub.add_parser("cache-latents", help="encode video shards once with a recipe's frozen VAE into latent shards"))
     return parser
 
 
@@ -91,11 +100,23 @@ def dispatch(argv: list[str]) -> None:
         from dv.sample import run as sample
 
         sample(args)
+    elif args.command == "app":
+        from dv.app import run as app
+
+        app(args)
+    elif args.command == "bench":
+        from dv.bench.cli import run as bench
+
+        bench(args)
     elif args.command == "export":
         from dv.lit.export import export_checkpoint
 
         path = export_checkpoint(args.recipe, args.ckpt, args.out, use_ema=not args.no_ema)
         print(f"wrote {path}")
+    elif args.command == "cache-latents":
+        from dv.cache import run as cache_latents
+
+        cache_latents(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ def count(params) -> int:
 
 
 def parameter_table(module) -> list[tuple[str, int]]:
-    """(part, parameters) rows of a built T2VModule or DreamVideoModule."""
+    """(part, parameters) rows of a built module (T2V, DreamVideo, or one with its own `parameter_rows`)."""
     unet = module.backbone.unet
     trainable = module.trainable_parameters()
     rows = [
@@ -25,7 +25,9 @@ def parameter_table(module) -> list[tuple[str, int]]:
         ("autoencoder (frozen)", count(module.backbone.autoencoder.parameters())),
         ("text encoder (frozen)", count(module.backbone.text.parameters())),
     ]
-    if module.branch is not None:
+    if hasattr(module, "parameter_rows"):
+        rows += module.parameter_rows()
+    elif module.branch is not None:
         rows.append(("retention branch", count(module.branch.parameters())))
     rows += [("total", count(module.parameters())), ("trainable", count(p for _, p in trainable))]
     return rows
@@ -39,5 +41,7 @@ def run(recipe: str) -> None:
     print(f"{'part':58s} {'parameters':>16s}")
     for name, n in parameter_table(module):
         print(f"{name:58s} {n:>16,d}  ({n / 1e6:,.1f} M)")
-    if module.branch is not None:
+    from dv.lit.dreamvideo import DreamVideoModule
+
+    if isinstance(module, DreamVideoModule):
         print(f"{'paper (DreamVideo §5.1), trainable':58s} {int(PAPER_TRAINABLE):>16,d}  ({PAPER_TRAINABLE / 1e6:,.1f} M)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -97,8 +98,12 @@ def write_outputs(frames: np.ndarray, out: str, fps: float, gif: bool, strip: bo
     return written
 
 
-def run(args: argparse.Namespace) -> list[Path]:
-    """Sample one (possibly chained) video and write it; returns the written paths."""
+def run(args: argparse.Namespace, module=None, callback: Callable[[int, int], None] | None = None) -> list[Path]:
+    """Sample one (possibly chained) video and write it; returns the written paths.
+
+    `module` is the model already loaded from args.recipe/args.ckpt (`dv app` loads it once), else it is loaded here;
+    `callback(step, steps)` is called after every denoising step of every stage (not with --zero-shot).
+    """
     config = SamplerConfig(steps=args.steps, eta=args.eta, s_text=args.guidance_text, s_image=args.guidance_image)
     config.validate()
     prompts = check_prompts(args.prompt)
@@ -116,7 +121,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     stage_prompts = [None] * stages if prompts is None else (prompts * stages if len(prompts) == 1 else prompts)
     if args.zero_shot and (image is None or prompts is None or stages != 1):
         raise ConfigError("--zero-shot needs --image and one --prompt (single stage)")
-    module = load_trained(args.recipe, args.ckpt, use_ema=not args.no_ema, device=args.device)
+    if module is None:
+        module = load_trained(args.recipe, args.ckpt, use_ema=not args.no_ema, device=args.device)
     if args.zero_shot:
         from dv.diffusion.zero_shot import ti2v_zero_sample
 
@@ -124,7 +130,7 @@ def run(args: argparse.Namespace) -> list[Path]:
                                  [args.seed], resample_steps=args.resample_steps)
     else:
         sampler = VideoSampler(module.backbone, module.branch, module.noise_scheduler, frames, size)
-        video, _ = sampler.chained(stage_prompts, image, config, args.seed)
+        video, _ = sampler.chained(stage_prompts, image, config, args.seed, callback=callback)
     written = write_outputs(video_from_model(video)[0].numpy(), args.out, args.fps, args.gif, args.strip)
     for path in written:
         print(f"wrote {path}")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dv.lit.dreamvideo import DreamVideoModule, RetentionConfig
+from dv.lit.dynamicrafter import DynamiCrafterModule
 from dv.lit.t2v import OptimConfig, T2VModule
 from dv.models.autoencoder import AutoencoderConfig
 from dv.models.backbone import BackboneConfig
+from dv.models.dynamicrafter import ProjectionConfig
+from dv.models.image_encoder import ImageEncoderConfig
 from dv.models.text import TextEncoderConfig
 
 TINY_UNET = dict(
@@ -46,5 +49,22 @@ def tiny_t2v(**kwargs) -> T2VModule:
     """A built tiny T2VModule."""
     kwargs.setdefault("optim", OptimConfig(lr=1e-3, warmup_steps=1))
     module = T2VModule(backbone=tiny_backbone(), **kwargs)
+    module.configure_model()
+    return module
+
+
+TINY_VISION = dict(image_size=16, patch_size=4, width=32, layers=1, head_width=16)
+"""A one-layer OpenCLIP ViT: 16 patch tokens of width 32."""
+
+
+def tiny_dynamicrafter(num_frames: int = 4, **kwargs) -> DynamiCrafterModule:
+    """A built tiny DynamiCrafterModule (2 image queries per frame, for `num_frames` frames)."""
+    kwargs.setdefault("optim", OptimConfig(lr=1e-3, warmup_steps=1))
+    module = DynamiCrafterModule(
+        backbone=tiny_backbone(),
+        image_encoder=ImageEncoderConfig(vision_cfg=dict(TINY_VISION), embed_dim=32),
+        projection=ProjectionConfig(queries=2, num_frames=num_frames, hidden_dims=32, depth=1, heads=2, dim_head=16),
+        **kwargs,
+    )
     module.configure_model()
     return module

@@ -8,6 +8,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from dv.data.latents import clips_and_frames
+
 
 class ThroughputLogger(Callback):
     """Log clips/s, frames/s (all ranks together) and peak GPU memory every `every_n_steps` optimizer steps."""
@@ -23,7 +25,7 @@ class ThroughputLogger(Callback):
         if self._start is None:  # the first step includes start-up; measure from its end
             self._start = now
             return
-        b, t = batch["video"].shape[:2]
+        b, t = clips_and_frames(batch)  # a video or a latent batch
         self._clips += b * trainer.world_size
         self._frames += b * t * trainer.world_size
         if trainer.global_step % self.every_n_steps == 0:

@@ -130,7 +130,7 @@ class VideoValidation(Callback):
                                    seeds, resample_steps=self.resample_steps, progress=False)
         else:
             if mode != "t2v" and pl_module.branch is None:
-                raise ConfigError(f"validation mode {mode!r} needs a retention branch; use t2v or zero_shot")
+                raise ConfigError(f"validation mode {mode!r} needs an image-conditioning branch; use t2v or zero_shot")
             sampler = VideoSampler(pl_module.backbone, pl_module.branch, pl_module.noise_scheduler, frames, size)
             out = sampler.sample(captions if mode != "i2v" else None, images if mode != "t2v" else None,
                                  self.config, seeds, progress=False)

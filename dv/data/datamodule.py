@@ -9,7 +9,9 @@ and then to a multiple of the worker count (each worker yields an equal share).
 Validation reads each shard exactly once across ranks (split by node, then by
 worker), unshuffled, in a deterministic order.
 
-Batches: ``{"video": uint8 (B, T, H, W, C), "caption": list[str], "meta": list[dict]}``.
+Batches: ``{"video": uint8 (B, T, H, W, C), "caption": list[str], "meta": list[dict]}``,
+plus ``"stride"`` (B,) int64, each clip's frame stride from its metadata;
+shards written by ``dv cache-latents`` give latent batches instead (dv/data/latents.py).
 A sample that fails to decode is skipped with a logged warning and counted.
 """
 
@@ -29,7 +31,8 @@ import webdataset as wds
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
-from dv.data.shards import count_samples, decode_sample, expand_shards
+from dv.data.latents import check_latent_shards, collate_latents, is_latent_batch
+from dv.data.shards import count_samples, decode_latent_sample, decode_sample, expand_shards, is_latent_sample
 from dv.errors import ConfigError, DataError, DVError
 
 log = logging.getLogger("dv.data")
@@ -42,14 +45,27 @@ def _worker() -> tuple[int, int]:
 
 
 def collate_batch(samples: list[dict]) -> dict[str, Any]:
-    """Stack decoded samples into ``{"video": (B, T, H, W, C) uint8, "caption": [...], "meta": [...]}``."""
+    """Stack decoded samples into ``{"video": (B, T, H, W, C) uint8, "caption": [...], "meta": [...]}``.
+
+    Samples of latent shards stack into a latent batch instead (dv/data/latents.py).
+    """
+    if is_latent_batch(samples):
+        return with_stride(collate_latents(samples))
     shapes = {tuple(s["video"].shape) for s in samples}
     if len(shapes) > 1:
         raise DataError(f"clips in one batch differ in shape {sorted(shapes)}; set num_frames and frame_size")
     # default_collate stacks to (B, T, H, W, C) and, inside a worker, straight into shared memory,
     # saving the copy the DataLoader would otherwise make to hand the batch to the main process.
     video = default_collate([s["video"] for s in samples])
-    return {"video": video, "caption": [s["caption"] for s in samples], "meta": [s["meta"] for s in samples]}
+    return with_stride({"video": video, "caption": [s["caption"] for s in samples], "meta": [s["meta"] for s in samples]})
+
+
+def with_stride(batch: dict[str, Any]) -> dict[str, Any]:
+    """Add ``batch["stride"]`` (B,) int64, each clip's frame stride from its metadata, when every clip has one."""
+    strides = [meta.get("stride") for meta in batch["meta"]]
+    if all(isinstance(s, int) for s in strides):
+        batch["stride"] = torch.tensor(strides, dtype=torch.long)
+    return batch
 
 
 class _DecodeStage(wds.PipelineStage):
@@ -82,7 +98,8 @@ class _DecodeStage(wds.PipelineStage):
         """Yield decoded samples of `src`, skipping those that fail."""
         for sample in src:
             try:
-                yield decode_sample(sample, self.num_frames, self.frame_size)
+                decode = decode_latent_sample if is_latent_sample(sample) else decode_sample
+                yield decode(sample, self.num_frames, self.frame_size)
             except Exception as exc:  # noqa: BLE001 - a bad sample must not kill a worker
                 self.skip(f"sample {sample.get('__key__')!r} of {sample.get('__url__')}", exc)
 
@@ -260,6 +277,7 @@ class VideoDataModule(LightningDataModule):
         if not self.train_shards:
             raise ConfigError("train_shards is not set; point it at DIR/train-*.tar")
         urls = expand_shards(self.train_shards)
+        check_latent_shards(urls, self.num_frames, self.frame_size)
         decoder = self._decoder("train")
         nbatches = self.batches_per_epoch()
         pipeline = _EpochPipeline(
@@ -283,6 +301,7 @@ class VideoDataModule(LightningDataModule):
         rank = self.rank if rank is None else rank
         world_size = self.world_size if world_size is None else world_size
         urls = expand_shards(shards)
+        check_latent_shards(urls, self.num_frames, self.frame_size)
         if len(urls) < world_size and rank == 0:
             log.warning("dv.data: %d val shards for %d ranks; some ranks validate on nothing", len(urls), world_size)
         decoder = self._decoder(split)

@@ -13,6 +13,23 @@ Shards of one split are ``PREFIX-000000.tar``, ``PREFIX-000001.tar``, ... with
 ``PREFIX-000000.stats.json`` beside each, written last: a shard whose stats
 file exists is complete. The writer (data_prep) and the reader (the
 datamodule) both import this module; nothing else knows the keys.
+
+A *latent* shard (``dv cache-latents``) has the same names and layout, one
+sample per clip of the video shard it was made from, with the video replaced:
+
+- ``KEY.posterior.safetensors`` the VAE posterior, tensors ``mean`` and
+  ``logvar`` (c, T, h, w), unscaled, bf16; its header metadata names the VAE
+  (``vae``: SHA-256 over its config and weights). The lossless space-to-depth
+  autoencoder stores its latents as ``mean`` and ``logvar`` = -30 (a point
+  mass; nothing is drawn for it);
+- ``KEY.reference.png`` the clip's first frame as decoded at the cached size,
+  uint8 RGB (lossless), the Image Retention branch's reference image;
+- ``KEY.txt`` and ``KEY.json`` the video sample's caption and metadata, as they were;
+- ``KEY.text.safetensors`` (optional, ``--text``) tensor ``embedding`` (L, D),
+  bf16, the caption's text embedding; header metadata ``text_encoder``.
+
+Its stats file's ``settings`` say ``kind: latents`` and hold the encoders'
+identities and the clip size the cache was made at.
 """
 
 from __future__ import annotations
@@ -26,9 +43,15 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import io
+import struct
+
 import numpy as np
 import torch
 from braceexpand import braceexpand
+from PIL import Image
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 
 from dv.data.video import decode_mp4, resize_crop
 from dv.errors import DataError
@@ -37,10 +60,17 @@ VIDEO_KEY = "mp4"
 CAPTION_KEY = "txt"
 META_KEY = "json"
 SAMPLE_KEYS = (VIDEO_KEY, CAPTION_KEY, META_KEY)
+POSTERIOR_KEY = "posterior.safetensors"
+REFERENCE_KEY = "reference.png"
+TEXT_KEY = "text.safetensors"
+LATENT_SAMPLE_KEYS = (POSTERIOR_KEY, REFERENCE_KEY, CAPTION_KEY, META_KEY)
+LATENT_KIND = "latents"  # settings["kind"] of a latent shard's stats
+LATENT_DTYPE = torch.bfloat16
 FORMAT_VERSION = 1
 TAR_MTIME = 0.0  # fixed member mtime, so the same input gives byte-identical tars
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_SHARD_NAME = re.compile(r"^(?P<prefix>.+)-(?P<index>[0-9]{6})\.tar$")
 _MAX_KEY_STEM = 96
 
 
@@ -52,6 +82,14 @@ def shard_name(prefix: str, index: int) -> str:
 def stats_name(prefix: str, index: int) -> str:
     """File name of the completion/stats file of a shard: ``PREFIX-000000.stats.json``."""
     return f"{prefix}-{index:06d}.stats.json"
+
+
+def parse_shard_name(path: str | Path) -> tuple[str, int]:
+    """(prefix, index) of a shard path named like ``PREFIX-000000.tar``; DataError for any other name."""
+    match = _SHARD_NAME.match(Path(path).name)
+    if match is None:
+        raise DataError(f"{str(path)!r} is not named like a dv shard (PREFIX-000000.tar)")
+    return match["prefix"], int(match["index"])
 
 
 def temp_name(prefix: str, index: int) -> str:
@@ -137,6 +175,91 @@ def decode_sample(sample: dict[str, Any], num_frames: int | None = None, frame_s
     return {"video": video, "caption": bytes(sample[CAPTION_KEY]).decode("utf-8"), "meta": meta}
 
 
+def _header_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors blob (its header is an 8-byte length, then JSON)."""
+    (length,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + length]).get("__metadata__") or {}
+
+
+def encode_latent_sample(
+    key: str,
+    mean: torch.Tensor,
+    logvar: torch.Tensor,
+    reference: torch.Tensor,
+    caption: str,
+    meta: dict[str, Any],
+    vae: str,
+    text: torch.Tensor | None = None,
+    text_encoder: str | None = None,
+) -> dict[str, Any]:
+    """One latent sample as the dict a ``TarWriter`` writes: posterior (c, T, h, w), uint8 reference (H, W, 3), caption, meta."""
+    if mean.shape != logvar.shape or mean.dim() != 4:
+        raise DataError(f"sample {key!r}: posterior mean {tuple(mean.shape)} and logvar {tuple(logvar.shape)} must be (c, T, h, w)")
+    if reference.dtype != torch.uint8 or reference.dim() != 3 or reference.shape[-1] != 3:
+        raise DataError(f"sample {key!r}: the reference frame must be uint8 (H, W, 3), not {reference.dtype} {tuple(reference.shape)}")
+    png = io.BytesIO()
+    Image.fromarray(reference.cpu().numpy()).save(png, format="PNG")
+    posterior = {"mean": mean.to(LATENT_DTYPE).contiguous().cpu(), "logvar": logvar.to(LATENT_DTYPE).contiguous().cpu()}
+    sample = {
+        "__key__": key,
+        POSTERIOR_KEY: save_tensors(posterior, metadata={"vae": vae}),
+        REFERENCE_KEY: png.getvalue(),
+        CAPTION_KEY: caption.encode("utf-8"),
+        META_KEY: json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8"),
+    }
+    if text is not None:
+        embedding = {"embedding": text.to(LATENT_DTYPE).contiguous().cpu()}
+        sample[TEXT_KEY] = save_tensors(embedding, metadata={"text_encoder": text_encoder or ""})
+    return sample
+
+
+def is_latent_sample(sample: dict[str, Any]) -> bool:
+    """Whether a raw webdataset sample comes from a latent shard."""
+    return POSTERIOR_KEY in sample
+
+
+def decode_latent_sample(sample: dict[str, Any], num_frames: int | None = None, frame_size: int | None = None) -> dict:
+    """A raw latent sample to ``{"latent_mean", "latent_logvar": bf16 (c, T, h, w), "reference": uint8 (H, W, 3),
+    "caption", "meta", "vae"}`` plus ``"text_embedding"`` (L, D) and ``"text_encoder"`` when cached.
+
+    `num_frames` keeps the first N latent frames (exact: both autoencoders work frame by frame);
+    the cached frame size cannot change, so a `frame_size` other than it raises DataError.
+    """
+    name = sample.get("__key__")
+    missing = [k for k in LATENT_SAMPLE_KEYS if k not in sample]
+    if missing:
+        raise DataError(f"latent sample {name!r} lacks {', '.join(missing)}")
+    blob = bytes(sample[POSTERIOR_KEY])
+    posterior = load_tensors(blob)
+    mean, logvar = posterior["mean"], posterior["logvar"]
+    if num_frames is not None:
+        if mean.shape[1] < num_frames:
+            raise DataError(f"latent sample {name!r} has {mean.shape[1]} frames, fewer than {num_frames}")
+        mean, logvar = mean[:, :num_frames], logvar[:, :num_frames]
+    with Image.open(io.BytesIO(bytes(sample[REFERENCE_KEY]))) as img:
+        reference = torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8))
+    if frame_size is not None and tuple(reference.shape[:2]) != (frame_size, frame_size):
+        raise DataError(
+            f"latent sample {name!r} was cached at {reference.shape[1]}x{reference.shape[0]}, not frame_size {frame_size}"
+        )
+    meta = json.loads(bytes(sample[META_KEY]).decode("utf-8"))
+    meta["key"] = name
+    meta["url"] = sample.get("__url__")
+    out = {
+        "latent_mean": mean,
+        "latent_logvar": logvar,
+        "reference": reference,
+        "caption": bytes(sample[CAPTION_KEY]).decode("utf-8"),
+        "meta": meta,
+        "vae": _header_metadata(blob).get("vae", ""),
+    }
+    if TEXT_KEY in sample:
+        text = bytes(sample[TEXT_KEY])
+        out["text_embedding"] = load_tensors(text)["embedding"]
+        out["text_encoder"] = _header_metadata(text).get("text_encoder", "")
+    return out
+
+
 @dataclass
 class ShardStats:
     """The ``.stats.json`` of one shard: what went in, what came out, why sources were skipped."""
@@ -153,6 +276,7 @@ class ShardStats:
     duration_s: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    bytes_written: int | None = None  # size of the finished tar, where the writer records it (latent shards do)
 
     def skip(self, source_id: str, reason: str) -> None:
         """Record that a source gave no sample, with a short reason (first word = its kind)."""

@@ -9,14 +9,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from dv.errors import ConfigError
 
-DenoiseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
-"""ε(z_t (B, c, T, h, w), t (B,), text (B, L, D), image features (B, c0, h, w) or None)."""
+DenoiseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor]
+"""ε(z_t (B, c, T, h, w), t (B,), text (B, L, D), image features or None).
+
+Image features are whatever the model's branch encodes a reference image to: a tensor (DreamVideo's
+z_s, (B, c0, h, w)) or a tuple of tensors (DynamiCrafter's tokens, latent and stride), batched on dim 0."""
+
+
+def cat_features(features: list) -> Any:
+    """Concatenate image features along the batch: tensors, or tuples (named or not) of tensors, field by field."""
+    first = features[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(features)
+    fields = [cat_features(list(parts)) for parts in zip(*features)]
+    return type(first)(*fields) if hasattr(first, "_fields") else type(first)(fields)
 
 
 def double_guidance(
@@ -50,10 +62,10 @@ class Conditions:
     """Caption embeddings (B, L, D); the null text when no caption was given."""
     null_text: torch.Tensor
     """Empty-prompt embeddings (B, L, D)."""
-    image: torch.Tensor | None = None
-    """z_s of the reference images (B, c0, h, w), or None for text-to-video."""
-    null_image: torch.Tensor | None = None
-    """z_s of white images (B, c0, h, w), when the model has a retention branch."""
+    image: Any = None
+    """Image features of the reference images (DreamVideo: z_s (B, c0, h, w)), or None for text-to-video."""
+    null_image: Any = None
+    """Image features of white images, when the model has an image-conditioning branch."""
     has_text: bool = True
     """Whether a caption was given (text-to-video and text+image-to-video)."""
 
@@ -68,7 +80,7 @@ def guided_prediction(
     images = None
     if cond.null_image is not None:
         images = [cond.null_image] + ([cond.null_image] if use_text else []) + ([cond.image] if use_image else [])
-        images = torch.cat(images)
+        images = cat_features(images)
     n = len(texts)
     eps = denoise(torch.cat([sample] * n), torch.cat([t] * n), torch.cat(texts), images)
     parts = list(eps.chunk(n))

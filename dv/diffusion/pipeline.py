@@ -1,4 +1,4 @@
-"""VideoSampler: captions and reference images in, videos out, over a backbone and optional retention branch."""
+"""VideoSampler: captions and reference images in, videos out, over a backbone and optional image-conditioning branch."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from dv.diffusion.sampling import SamplerConfig, chain_videos, ddim_sample, ddim
 from dv.errors import ConfigError
 from dv.models.backbone import Backbone
 from dv.models.conditions import white_images
-from dv.models.denoiser import Denoiser
-from dv.models.retention import RetentionBranch
+from dv.models.denoiser import ConditioningBranch, Denoiser
 
 
 class VideoSampler:
@@ -22,7 +21,7 @@ class VideoSampler:
     def __init__(
         self,
         backbone: Backbone,
-        branch: RetentionBranch | None,
+        branch: ConditioningBranch | None,
         train_scheduler: SchedulerMixin,
         num_frames: int,
         frame_size: int,
@@ -46,12 +45,15 @@ class VideoSampler:
     def conditions(self, captions: list[str] | None, images: torch.Tensor | None, batch: int) -> Conditions:
         """Encode captions (None: no text) and reference images (B, 3, H, W) in [-1, 1] (None: no image)."""
         if images is not None and self.branch is None:
-            raise ConfigError("this model has no retention branch: it cannot take a reference image (drop --image)")
+            raise ConfigError(
+                "this model has no image-conditioning branch (retention branch or DynamiCrafter): "
+                "it cannot take a reference image (drop --image)"
+            )
         null_text = self.backbone.encode_text([""] * batch)
         text = self.backbone.encode_text(list(captions)) if captions is not None else null_text
         null_image = image = None
         if self.branch is not None:
-            # z_s is computed once per video, not at every step.
+            # Image features (z_s, or DynamiCrafter's tokens and latent) are computed once per video, not at every step.
             null_image = self.branch.encode_image(white_images(batch, self.frame_size, self.frame_size, device=self.device))
             if images is not None:
                 image = self.branch.encode_image(images.to(self.device))
@@ -102,7 +104,7 @@ class VideoSampler:
         if not prompts:
             raise ConfigError("chained inference needs at least one stage prompt")
         if len(prompts) > 1 and self.branch is None:
-            raise ConfigError("chained inference needs a model with a retention branch")
+            raise ConfigError("chained inference needs a model with an image-conditioning branch")
         stages, references = [], []
         reference = image
         for k, prompt in enumerate(prompts):

@@ -74,12 +74,14 @@ def ddim_sample(
     config.validate()
     if len(generators) != shape[0]:
         raise ConfigError(f"{len(generators)} generators for a batch of {shape[0]}")
-    scheduler.set_timesteps(config.steps, device=device)
+    # Timesteps stay on the host as ints for the scheduler's arithmetic (a device tensor there means a device
+    # sync per step: `prev_t >= 0`, indexing alphas_cumprod); the U-Net gets them from one copy made up front.
+    scheduler.set_timesteps(config.steps)
+    timesteps = [int(t) for t in scheduler.timesteps]
+    t_batches = scheduler.timesteps.to(device)[:, None].expand(-1, shape[0])
     latents = initial_noise(shape, generators, device, dtype) * scheduler.init_noise_sigma
-    timesteps = scheduler.timesteps
     for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
-        t_batch = t.expand(shape[0]).to(device)
-        eps = guided_prediction(denoise, latents, t_batch, cond, config.s_text, config.s_image)
+        eps = guided_prediction(denoise, latents, t_batches[i], cond, config.s_text, config.s_image)
         noise = initial_noise(shape, generators, device, dtype) if config.eta > 0 else None
         latents = scheduler.step(eps, t, latents, eta=config.eta, variance_noise=noise).prev_sample
         if callback is not None:

@@ -10,12 +10,15 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from dv import __version__
+from dv.data.latents import cached_video, check_identity
 from dv.errors import ConfigError, TrainingError, WeightsError
 from dv.lit.ema import TrainableEMA
 from dv.lit.export import plain
 from dv.models.backbone import Backbone, BackboneConfig, is_temporal
 from dv.models.conditions import drop_conditions, video_to_model
 from dv.models.denoiser import Denoiser
+from dv.strategies import total_grad_norm
+from dv.models.identity import text_encoder_identity
 
 
 @dataclass
@@ -107,6 +110,7 @@ class T2VModule(L.LightningModule):
         on_meta = torch.empty(0).device.type == "meta"
         self.backbone = Backbone(self.backbone_config, load_weights=not on_meta)
         self.build_branch()
+        self.backbone.apply_speed_settings(self.branch)  # activation checkpointing and torch.compile, per the recipe
         self.requires_grad_(False)
         for _, p in self.trainable_parameters():
             p.requires_grad_(True)
@@ -146,12 +150,30 @@ class T2VModule(L.LightningModule):
         """Scaled latents of a model-range video (B, C, T, H, W)."""
         return self.backbone.autoencoder.encode(video, generator=generator)
 
+    @torch.no_grad()
+    def cached_latents(self, batch: dict, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scaled latents drawn from a latent batch's posterior, and its reference frames as a one-frame model-range video.
+
+        Refuses (DataError) a batch cached by another VAE or text encoder than this recipe's.
+        """
+        check_identity(batch, "vae", self.backbone.autoencoder.identity(), "VAE")
+        if "text_embedding" in batch:
+            check_identity(batch, "text_encoder", text_encoder_identity(self.backbone.text), "text encoder")
+        mean, logvar = batch["latent_mean"].to(self.device), batch["latent_logvar"].to(self.device)
+        latents = self.backbone.autoencoder.sample_latents(mean, logvar, generator=generator)
+        return latents, video_to_model(cached_video(batch).to(self.device))
+
     def conditions(
         self, captions: list[str], video: torch.Tensor, drop: bool, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Text embeddings and image features, after condition dropout when `drop` (T2V: text only)."""
         captions, _, _, _ = drop_conditions(captions, None, self.p_drop_text if drop else 0.0, 0.0, generator)
         return self.backbone.encode_text(captions), None
+
+    def batch_conditions(self, batch: dict, video: torch.Tensor, drop: bool, generator: torch.Generator | None):
+        """`conditions` of a batch's captions and video; modules conditioned on more of the batch (a clip's
+        frame stride) override this."""
+        return self.conditions(list(batch["caption"]), video, drop, generator)
 
     def step_seed(self, *salt: int) -> int:
         """A seed that is a function of (seed, salt, rank) only."""
@@ -163,10 +185,18 @@ class T2VModule(L.LightningModule):
         return torch.Generator(device=self.device).manual_seed(self.step_seed(*salt))
 
     def diffusion_loss(self, batch: dict, generator: torch.Generator, drop: bool):
-        """Per-sample MSE of the model's prediction at a random timestep, and those timesteps."""
-        video = video_to_model(batch["video"].to(self.device))
-        latents = self.encode_video(video, generator=generator)
-        text, image_features = self.conditions(list(batch["caption"]), video, drop, generator)
+        """Per-sample MSE of the model's prediction at a random timestep, and those timesteps.
+
+        A latent batch (dv cache-latents) gives the same loss as its videos would, with the same draws:
+        the latent comes from the stored posterior, and the conditions see the cached first frame as the video.
+        """
+        if "video" in batch:
+            video = video_to_model(batch["video"].to(self.device))
+            latents = self.encode_video(video, generator=generator)
+        else:
+            latents, video = self.cached_latents(batch, generator)
+        with self.backbone.cached_text(list(batch["caption"]), batch.get("text_embedding")):
+            text, image_features = self.batch_conditions(batch, video, drop, generator)
         b = latents.shape[0]
         t = torch.randint(0, self.diffusion.num_train_timesteps, (b,), generator=generator, device=generator.device)
         noise = torch.randn(latents.shape, generator=generator, device=generator.device, dtype=latents.dtype)
@@ -217,9 +247,11 @@ class T2VModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        # Called after the AMP scaler unscaled the gradients (16-mixed), before clipping. Under FSDP each
+        # rank holds gradient shards, so every rank takes part in combining their norms.
         grads = [p.grad for _, p in self.trainable_parameters() if p.grad is not None]
-        if grads:
-            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
+        if grads or getattr(self.trainer.strategy, "shards_gradients", False):
+            self.log("train/grad_norm", total_grad_norm(self.trainer.strategy, grads))
 
     def optimizer_step(self, *args, **kwargs) -> None:
         # The EMA moves right after the weights, before callbacks (ModelCheckpoint) see the step.
@@ -254,7 +286,8 @@ class T2VModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         expected = {n for n, _ in self.trainable_parameters()}
-        missing = sorted(expected - set(checkpoint["state_dict"]))
+        # Under FSDP the strategy has loaded (and checked) the weights already and hands no state_dict on.
+        missing = sorted(expected - set(checkpoint["state_dict"])) if "state_dict" in checkpoint else []
         if missing:
             raise WeightsError(
                 f"the checkpoint lacks {len(missing)} trainable weights of this recipe (e.g. {missing[:3]}); "

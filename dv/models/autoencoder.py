@@ -11,6 +11,11 @@ from einops import rearrange
 from torch import nn
 
 from dv.errors import ConfigError
+from dv.models.identity import module_identity
+
+DETERMINISTIC_LOGVAR = -30.0
+"""Log-variance the lossless space-to-depth autoencoder reports: a point mass (std e^-15); nothing is drawn for it.
+-30 is also the floor diffusers' DiagonalGaussianDistribution clamps a KL posterior's log-variance to."""
 
 
 @dataclass
@@ -92,7 +97,7 @@ class FrameAutoencoder(nn.Module):
             else:
                 mean = self.model(chunk)
                 means.append(mean)
-                logvars.append(torch.full_like(mean, -30.0))  # a point mass: lossless
+                logvars.append(torch.full_like(mean, DETERMINISTIC_LOGVAR))  # lossless: no posterior spread
         mean = rearrange(torch.cat(means), "(b t) c h w -> b c t h w", b=b)
         logvar = rearrange(torch.cat(logvars), "(b t) c h w -> b c t h w", b=b)
         return mean, logvar
@@ -100,15 +105,28 @@ class FrameAutoencoder(nn.Module):
     def sample_latents(
         self, mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """A scaled latent drawn from the posterior (what the U-Net sees)."""
+        """A scaled float32 latent drawn from the posterior (what the U-Net sees).
+
+        Encoding on the fly and training on cached posteriors (dv cache-latents) both draw here, in
+        float32 whatever the posterior's dtype (autocast or bf16 cache), so one generator gives one draw.
+        """
+        mean, logvar = mean.float(), logvar.float()
         if self.config.kind == "space_to_depth":
             return mean * self.scaling_factor
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=torch.float32)
         return (mean + torch.exp(0.5 * logvar) * noise) * self.scaling_factor
 
     def encode(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Scaled latents (B, c, T, h, w) of a video (B, 3, T, H, W) in [-1, 1]."""
         return self.sample_latents(*self.posterior(video), generator=generator)
+
+    def identity(self) -> str:
+        """SHA-256 over what decides the latents: kind, effective config, scaling factor and weights (chunking aside)."""
+        if self.config.kind == "kl":
+            config = {k: v for k, v in self.model.config.items() if not k.startswith("_")}
+        else:
+            config = {"factor": self.config.factor}
+        return module_identity(self, {"kind": self.config.kind, "config": config, "scaling_factor": self.scaling_factor})
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Video (B, 3, T, H, W) in [-1, 1] from scaled latents."""

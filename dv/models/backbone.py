@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 from diffusers import UNet3DConditionModel
@@ -30,6 +32,13 @@ class BackboneConfig:
     """The frozen text encoder."""
     init_seed: int = 0
     """Seed of the random initialisation of whatever no weights file covers (so a resumed run rebuilds it identically)."""
+    checkpointing: str | list[str] = "none"
+    """Activation checkpointing of U-Net and retention-branch blocks (recomputed in backward, less memory):
+    'none', 'all', or a list of 'down', 'mid', 'up' and block-name patterns such as 'unet.up_blocks.*' or 'branch.*'."""
+    compile: bool = False
+    """torch.compile the U-Net and the retention branch (the first steps compile, for minutes at full size)."""
+    compile_mode: str | None = None
+    """torch.compile mode: None/'default', 'reduce-overhead' (CUDA graphs), 'max-autotune', 'max-autotune-no-cudagraphs'."""
 
 
 def is_temporal(name: str) -> bool:
@@ -73,16 +82,39 @@ class Backbone(nn.Module):
         if self.config.text.checkpoint:
             pretrained.load_open_clip(self.config.text.checkpoint, self.text.tower, text_only=True)
 
+    def apply_speed_settings(self, branch: nn.Module | None = None) -> list[str]:
+        """Checkpoint and compile the U-Net (and the branch) as the config says; returns the checkpointed blocks."""
+        from dv.models.speed import apply_checkpointing, apply_compile
+
+        names = apply_checkpointing(self.unet, branch, self.config.checkpointing)
+        if self.config.compile:
+            apply_compile(self.unet, branch, self.config.compile_mode)
+        return names
+
     def train(self, mode: bool = True) -> "Backbone":
         """Switch the U-Net's mode; the frozen autoencoder and text encoder stay in eval mode."""
         self.unet.train(mode)
         return self
+
+    @contextmanager
+    def cached_text(self, captions: list[str], embeddings: torch.Tensor | None) -> Iterator[None]:
+        """Within the block, encode_text takes these captions' embeddings (B, L, D) from `embeddings`
+        (cached by `dv cache-latents --text`) instead of running the encoder; None changes nothing."""
+        self._cached_text = None if embeddings is None else dict(zip(captions, embeddings))
+        try:
+            yield
+        finally:
+            self._cached_text = None
 
     @torch.no_grad()
     def encode_text(self, captions: list[str]) -> torch.Tensor:
         """Text embeddings (B, L, D) of the captions; '' gives the cached empty-prompt embedding."""
         if all(c == "" for c in captions):
             return self.text.empty_prompt(len(captions)).clone()
+        cached = getattr(self, "_cached_text", None)
+        if cached is not None and all(c in cached for c in captions if c):
+            null = self.text.empty_prompt(1)[0]
+            return torch.stack([cached[c].to(null) if c else null for c in captions])
         emb = self.text(captions)
         empty = torch.tensor([c == "" for c in captions], device=emb.device)
         if empty.any():

@@ -34,6 +34,7 @@ __all__ = [
     "load_modelscope_unet",
     "load_modelscope_vae",
     "load_open_clip",
+    "load_open_clip_vision",
     "load_unet_weights",
     "load_vae_weights",
     "read_state_dict",
@@ -340,6 +341,14 @@ def load_open_clip(path: PathLike, model: nn.Module, *, text_only: bool = False)
             state_dict[key] = state_dict[key].reshape(target[key].shape)
     skip = ("visual.",) if text_only and has_visual else ()
     load_into(model, state_dict, source=str(path), skip_prefixes=skip)
+
+
+def load_open_clip_vision(path: PathLike, tower: nn.Module) -> None:
+    """Load the vision tower (`visual.*` weights) of an OpenCLIP checkpoint into a bare open_clip vision tower."""
+    state_dict = read_state_dict(path, file_names=OPEN_CLIP_FILES, published=PUBLISHED_OPEN_CLIP)
+    if all(k.startswith("module.") for k in state_dict):  # saved from a DDP-wrapped model
+        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
+    load_into(tower, state_dict, source=str(path), prefix_strip="visual.")
 
 
 def _is_dv_export(path: Path) -> bool:

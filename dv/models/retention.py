@@ -140,3 +140,10 @@ class RetentionBranch(nn.Module):
 
         down = tuple(conv(r) for conv, r in zip(self.zero_convs, residuals))
         return down, self.mid_zero_conv(h)
+
+    def unet_inputs(
+        self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, image_features: torch.Tensor
+    ) -> dict[str, torch.Tensor | tuple[torch.Tensor, ...]]:
+        """The U-Net keyword arguments this branch adds (Denoiser's protocol): the down and mid residuals."""
+        down, mid = self(sample, timestep, text, image_features)
+        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}

@@ -55,7 +55,8 @@ def test_batches_keep_the_contract_under_two_workers(shards):
     epoch = list(loader)
     assert len(epoch) == len(loader) == 4  # ceil(12 / 3) batches, a multiple of the 2 workers
     for batch in epoch:
-        assert set(batch) == {"video", "caption", "meta"}
+        assert set(batch) == {"video", "caption", "meta", "stride"}
+        assert batch["stride"].tolist() == [m["stride"] for m in batch["meta"]]
         assert batch["video"].dtype == torch.uint8 and tuple(batch["video"].shape) == (3, 4, 16, 16, 3)
         assert len(batch["caption"]) == len(batch["meta"]) == 3
         assert all(isinstance(c, str) and c.startswith("the camera") for c in batch["caption"])
@@ -70,6 +71,20 @@ def test_epoch_length_defaults_to_the_stats_count_per_rank(shards):
     assert dm.batches_per_epoch() == 3  # 8 samples -> ceil(8 / 3)
     dm.setup("fit", rank=1, world_size=2)
     assert dm.batches_per_epoch() == 2  # 4 samples per rank
+
+
+def test_each_rank_streams_its_own_training_batches_the_same_on_every_run(shards):
+    # 2 nodes x 2 GPUs: global ranks 0..3. Every rank resamples shards from its own seeded stream, so the
+    # ranks' batches differ and a rank restarted (e.g. after a failure) streams what it streamed before.
+    def first_epoch(rank: int) -> list[str]:
+        dm = VideoDataModule(train_shards=str(shards / "train-*.tar"), batch_size=2, num_workers=0, shuffle_buffer=4)
+        dm.setup("fit", rank=rank, world_size=4)
+        return keys_of(dm.train_dataloader())
+
+    epochs = [first_epoch(rank) for rank in range(4)]
+    assert all(len(e) == 2 for e in epochs), "8 samples over 4 ranks: one batch of 2 each"
+    assert len({tuple(e) for e in epochs}) == 4, f"two ranks streamed the same batches: {epochs}"
+    assert first_epoch(3) == epochs[3]
 
 
 _SHUTDOWN_CHECK = """

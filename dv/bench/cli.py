@@ -1,0 +1,211 @@
+"""`dv bench`: one recipe's speed figures, dv beside the plainest diffusers + torch loop doing the same work.
+
+    dv bench --recipe FILE [--what train|sample|loader] [--steps N] [--batch-size B] [--explain] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from dv.errors import ConfigError
+
+# The measuring modules (diffusers, Lightning) are imported when a benchmark runs, so that `dv --help` stays quick.
+
+GIB = 2**30
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `dv bench`."""
+    parser.add_argument("--recipe", required=True, help="the recipe whose model, batch and precision are measured")
+    parser.add_argument("--what", choices=("train", "sample", "loader"), default="train",
+                        help="a training step, sampling one batch of videos, or the data loader")
+    parser.add_argument("--steps", type=int, default=10,
+                        help="timed repetitions (training steps, videos, loader epochs); the median is reported")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions first (compilation, allocator)")
+    parser.add_argument("--batch-size", type=int, default=None, help="clips per step (default: the recipe's)")
+    parser.add_argument("--ddim-steps", type=int, default=50, help="denoising steps per video (--what sample)")
+    parser.add_argument("--loader-batches", type=int, default=20, help="batches per timed loader epoch (--what loader)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain loop (and the ratio)")
+    parser.add_argument("--explain", action="store_true",
+                        help="instead of timing: torch._dynamo.explain of the denoiser (graphs, graph breaks, reasons)")
+    parser.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
+
+
+def _median(times: list[float]) -> float:
+    return statistics.median(times) if times else float("nan")
+
+
+def _memory(work) -> tuple[float, str]:
+    from dv.bench.device import peak_memory
+
+    n, what = peak_memory(work.device)
+    return n / GIB, what
+
+
+def bench_train(work, args) -> dict:
+    """dv's Lightning training step and the plain loop's: s/step, clips/s, peak memory; FLOPs and MFU."""
+    from dv.bench import plain
+    from dv.bench.device import reset_peak_memory
+    from dv.bench.dvpath import fit_times, what_dv_adds
+    from dv.bench.flops import count_flops
+
+    result: dict = {"dv_adds": what_dv_adds(work)}
+    if not args.no_plain and plain.has_plain_loop(work):
+        work.module.train()
+        step = plain.train_step(work)
+        flops = count_flops(step)  # one eager step without checkpointing's recomputation: the model FLOPs
+        reset_peak_memory(work.device)
+        times = plain.time_calls(step, work.device, args.warmup, args.steps)
+        result["plain"] = {"times": times, "peak_memory_gib": _memory(work)[0]}
+        result["flops_per_step"] = flops
+        del step
+        gc.collect()
+        if work.device.type == "cuda":
+            torch.cuda.empty_cache()
+    reset_peak_memory(work.device)
+    times = fit_times(work, args.warmup, args.steps)
+    memory, what = _memory(work)
+    result["dv"] = {"times": times, "peak_memory_gib": memory, "path": "Lightning Trainer.fit"}
+    result["memory_measure"] = what
+    return result
+
+
+def bench_sample(work, args) -> dict:
+    """dv's VideoSampler (Eq. 5 as one batched call) and a plain DDIM loop (three calls): s/video, clips/s."""
+    from dv.bench import plain
+    from dv.bench.device import reset_peak_memory
+    from dv.bench.dvpath import sampler_call
+    from dv.bench.flops import count_flops
+
+    work.module.eval()
+    s_text, s_image = 9.0, 1.5
+    result: dict = {"ddim_steps": args.ddim_steps}
+    if not args.no_plain and plain.has_plain_loop(work):
+        run = plain.sample_video(work, args.ddim_steps, s_text, s_image)
+        result["flops_per_step"] = count_flops(run)  # per video: the "step" of --what sample
+        reset_peak_memory(work.device)
+        result["plain"] = {"times": plain.time_calls(run, work.device, args.warmup, args.steps),
+                           "peak_memory_gib": _memory(work)[0]}
+    run = sampler_call(work, args.ddim_steps, s_text, s_image)
+    reset_peak_memory(work.device)
+    times = plain.time_calls(run, work.device, args.warmup, args.steps)
+    memory, what = _memory(work)
+    result["dv"] = {"times": times, "peak_memory_gib": memory, "path": "VideoSampler.sample"}
+    result["memory_measure"] = what
+    return result
+
+
+def report(work, args, result: dict) -> dict:
+    """Print the figures and return them as one JSON-friendly dict."""
+    from dv.bench.device import device_name
+    from dv.bench.flops import mfu, peak_bf16_flops
+
+    unit = {"train": "step", "sample": "video"}[args.what]
+    peak = peak_bf16_flops(work.device)
+    figures: dict = {
+        "what": args.what, "recipe": args.recipe, "model": type(work.module).__name__, "device": device_name(work.device),
+        "setting": work.describe(), "batch_size": work.batch_size, "steps": args.steps, "warmup": args.warmup,
+        "flops_per_step": result.get("flops_per_step"), "peak_flops": peak, "memory_measure": result["memory_measure"],
+    }
+    print(f"dv bench · {args.what} · {args.recipe} ({figures['model']}, random weights, synthetic batch)")
+    print(f"device            {figures['device']}")
+    print(f"setting           {figures['setting']}" + (f", {args.ddim_steps} DDIM steps per video" if args.what == "sample" else ""))
+    flops = result.get("flops_per_step")
+    for name in ("dv", "plain"):
+        if name not in result:
+            continue
+        r = result[name]
+        seconds = _median(r["times"])
+        label = r.get("path", "plain diffusers + torch loop")
+        figures[name] = {
+            "seconds_per_step": seconds, "clips_per_s": work.batch_size / seconds, "times": r["times"],
+            "peak_memory_gib": r["peak_memory_gib"], "path": label,
+            "tflops_per_s": flops / seconds / 1e12 if flops else None,
+            "mfu": mfu(flops, seconds, peak) if flops else None,
+        }
+        f = figures[name]
+        print(f"{name + ' s/' + unit:<18}{seconds:.4f} (median of {len(r['times'])} after {args.warmup} warm-up; {label})")
+        if args.what == "sample":
+            print(f"{name + ' s/DDIM step':<18}{seconds / args.ddim_steps:.5f}")
+        print(f"{name + ' clips/s':<18}{f['clips_per_s']:.3f}")
+        print(f"{name + ' peak memory':<18}{f['peak_memory_gib']:.2f} GiB ({result['memory_measure']})")
+    if "dv" in figures and "plain" in figures:
+        ratio = figures["dv"]["seconds_per_step"] / figures["plain"]["seconds_per_step"]
+        figures["ratio_dv_to_plain"] = ratio
+        print(f"{'dv / plain time':<18}{ratio:.2f}× (throughput {1 / ratio:.2f}×)")
+        if result.get("dv_adds"):
+            print(f"{'dv also does':<18}{'; '.join(result['dv_adds'])}")
+    if flops:
+        print(f"{'FLOPs/' + unit:<18}{flops:.4g} (torch.utils.flop_counter, one eager {unit} without recomputation)")
+        if peak is None:
+            print(f"{'MFU':<18}no MFU ({'CPU' if work.device.type == 'cpu' else 'GPU not in the peak table'})")
+        else:
+            print(f"{'MFU':<18}" + ", ".join(f"{n} {100 * figures[n]['mfu']:.1f}%" for n in ("dv", "plain") if n in figures)
+                  + f" of {peak / 1e12:.1f} TFLOP/s dense bf16")
+    else:
+        print(f"{'FLOPs/' + unit:<18}not counted (no plain loop for this model)")
+    return figures
+
+
+def run_loader(args) -> dict:
+    """Clips/s of the recipe's VideoDataModule."""
+    from dv.bench.device import cpu_name
+    from dv.bench.loader import recipe_loader
+
+    r = recipe_loader(args.recipe, args.batch_size, args.loader_batches, args.steps)
+    b = r["shape"][0]
+    print(f"dv bench · loader · {args.recipe} (VideoDataModule, {r['workers']} workers)")
+    print(f"device            CPU: {cpu_name()}")
+    print(f"setting           batch {b} of uint8 {'×'.join(map(str, r['shape'][1:]))}, {args.loader_batches} batches per epoch")
+    print(f"{'dv clips/s':<18}{r['clips_per_s']:.2f} (median of {len(r['rates'])} epochs after a warm-up epoch of {r['warmup_s']:.1f} s)")
+    print(f"{'dv s/step':<18}{b / r['clips_per_s']:.4f} (per batch)")
+    print(f"{'skipped samples':<18}{r['skipped']}")
+    return {"what": "loader", "recipe": args.recipe, "device": f"CPU: {cpu_name()}",
+            "dv": {"clips_per_s": r["clips_per_s"], "seconds_per_step": b / r["clips_per_s"], "rates": r["rates"]},
+            "warmup_s": r["warmup_s"], "batch_shape": list(r["shape"]), "skipped": r["skipped"]}
+
+
+def run_explain(args) -> dict:
+    """Print torch._dynamo.explain of the recipe's denoiser (eager modules: the recipe's compile switch is ignored)."""
+    from dv.bench.explain import explain_denoiser, explain_lines
+    from dv.bench.workload import build_workload
+
+    work = build_workload(args.recipe, args.batch_size, args.device, compile=False)
+    out = explain_denoiser(work)
+    print(f"dv bench --explain · {args.recipe} ({type(work.module).__name__}): torch._dynamo.explain of the denoiser")
+    print(f"setting           {work.describe()}")
+    for line in explain_lines(out):
+        print(line)
+    return {"what": "explain", "recipe": args.recipe, "graph_count": out.graph_count,
+            "graph_break_count": out.graph_break_count, "break_reasons": [r.reason for r in out.break_reasons]}
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run the benchmark the flags ask for, print it, and write --json; returns the figures."""
+    for name in ("steps", "ddim_steps", "loader_batches"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+    if args.warmup < 0:
+        raise ConfigError(f"--warmup must be 0 or more, not {args.warmup}")
+    if args.explain:
+        figures = run_explain(args)
+    elif args.what == "loader":
+        figures = run_loader(args)
+    else:
+        from dv.bench.workload import build_workload
+
+        work = build_workload(args.recipe, args.batch_size, args.device)
+        result = bench_train(work, args) if args.what == "train" else bench_sample(work, args)
+        figures = report(work, args, result)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(figures, indent=2, default=str) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return figures
