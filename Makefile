@@ -6,7 +6,7 @@ DV := $(VENV)/bin/dv
 SHARDS ?= data/shards/camera-pans
 RUNS ?= runs
 
-.PHONY: install test test-fast shards latents demo app bench-loader bench-sampling clean
+.PHONY: install test test-fast shards latents demo claims app bench-loader bench-sampling clean
 
 install: $(VENV)/.installed
 
@@ -60,6 +60,25 @@ demo: shards
 
 # The browser page over the model `make demo` trained (APP_ARGS: e.g. APP_ARGS="--port 8000").
 APP_ARGS ?=
+# The claims experiment (README "What dv reproduces"): camera-pans shards at 96 px, a T2V backbone, DreamVideo
+# and a DynamiCrafter-style model on it, then every table and the figure from one sampling run.
+# Interrupted, it resumes (finished shards and trained stages are kept).
+CLAIMS_SHARDS ?= data/shards/camera-pans-claims
+CLAIMS_DATA = --data.init_args.train_shards="$(CLAIMS_SHARDS)/train-*.tar" --data.init_args.val_shards="$(CLAIMS_SHARDS)/val-*.tar" \
+	--trainer.logger.init_args.save_dir=$(RUNS)
+CLAIMS_BACKBONE = --model.init_args.backbone.unet_weights='[$(RUNS)/claims-t2v/export.safetensors]'
+claims: install
+	$(PY) -m data_prep build --source camera-pans --out $(CLAIMS_SHARDS) --size 96 --clips-per-video 4
+	$(DV) fit --recipe recipes/claims-t2v.yaml --ckpt_path last $(CLAIMS_DATA)
+	$(DV) export --recipe $(RUNS)/claims-t2v/latest/config.yaml --ckpt $(RUNS)/claims-t2v/latest/checkpoints/last.ckpt \
+		--out $(RUNS)/claims-t2v/export.safetensors
+	$(DV) fit --recipe recipes/claims.yaml --ckpt_path last $(CLAIMS_DATA) $(CLAIMS_BACKBONE)
+	$(DV) fit --recipe recipes/claims-dynamicrafter.yaml --ckpt_path last $(CLAIMS_DATA) $(CLAIMS_BACKBONE)
+	$(PY) -m dv.claims --val-shards "$(CLAIMS_SHARDS)/val-*.tar" --out $(RUNS)/claims --figure docs/claims.png \
+		--model T2V=$(RUNS)/claims-t2v/latest/config.yaml,$(RUNS)/claims-t2v/export.safetensors \
+		--model DreamVideo=$(RUNS)/claims-dreamvideo/latest/config.yaml,$(RUNS)/claims-dreamvideo/latest/checkpoints/last.ckpt \
+		--model DynamiCrafter=$(RUNS)/claims-dynamicrafter/latest/config.yaml,$(RUNS)/claims-dynamicrafter/latest/checkpoints/last.ckpt
+
 app: install
 	@test -f $(RUNS)/demo/export.safetensors || { echo "no demo model in $(RUNS)/demo: run make demo first"; exit 1; }
 	$(DV) app --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/export.safetensors --out-dir $(RUNS)/app $(APP_ARGS)

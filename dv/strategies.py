@@ -1,4 +1,4 @@
-"""Lightning's FSDP strategy fitted to dv modules: block-wise sharding, frozen encoders left out, trainable-only checkpoints.
+"""Lightning's FSDP fitted to dv modules: block-wise units, frozen encoders left out, trainable-only checkpoints.
 
 `dv fit` switches strategy with one recipe line::
 
@@ -26,14 +26,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from lightning.fabric.strategies.fsdp import _get_full_state_dict_context, _get_sharded_state_dict_context
+from lightning.fabric.strategies.fsdp import (
+    _get_full_state_dict_context,
+    _get_sharded_state_dict_context,
+    _move_torchmetrics_to_device,
+    _setup_activation_checkpointing,
+)
 from lightning.fabric.strategies.model_parallel import _load_raw_module_state
 from lightning.fabric.utilities.load import _METADATA_FILENAME
 from lightning.pytorch.plugins.precision.fsdp import FSDPPrecision
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+from torch.distributed.fsdp import (
+    FullOptimStateDictConfig,
+    FullStateDictConfig,
+    OptimStateKeyType,
+    ShardingStrategy,
+    StateDictType,
+)
 
-from dv.errors import WeightsError
+from dv.errors import ConfigError, WeightsError
 
 FSDP_UNITS = {
     "CrossAttnDownBlock3D": "diffusers.models.unets.unet_3d_blocks",
@@ -51,14 +64,20 @@ its frozen ones too; with the temporal layers apart, the U-Net's block units are
 FROZEN_ENCODERS = ("backbone.autoencoder", "backbone.text")
 """Submodules of a dv module that FSDP leaves alone: they run under no_grad and never train."""
 
-_WRAPPED = "_fsdp_wrapped_module."
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+"""What FSDP units, activation-checkpoint wrappers and torch.compile insert into parameter names."""
+
+
+def unwrapped_name(name: str) -> str:
+    """A parameter's name as the unwrapped module (and every state dict) calls it."""
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
 
 
 def unit_classes(names: tuple[str, ...] | list[str] = tuple(FSDP_UNITS)) -> set[type[torch.nn.Module]]:
     """The classes of FSDP_UNITS of these names (an FSDP auto-wrap policy)."""
     import importlib
-
-    from dv.errors import ConfigError
 
     unknown = [n for n in names if n not in FSDP_UNITS]
     if unknown:
@@ -71,7 +90,8 @@ class _NormClippingFSDPPrecision(FSDPPrecision):
 
     def __init__(self, plugin: FSDPPrecision, strategy: "DVFSDPStrategy") -> None:
         super().__init__(plugin.precision)
-        self.scaler = plugin.scaler  # FSDPPrecision's own check of a given scaler reads self.precision before setting it
+        # Set after: FSDPPrecision's check of a scaler given to __init__ reads self.precision before setting it.
+        self.scaler = plugin.scaler
         self._strategy = strategy
 
     def clip_grad_by_norm(self, optimizer, clip_val) -> None:
@@ -121,21 +141,27 @@ class DVFSDPStrategy(FSDPStrategy):
     @property
     def shards_gradients(self) -> bool:
         """True when each rank holds only a shard of each gradient (their norms must be combined)."""
-        from torch.distributed.fsdp import ShardingStrategy
-
         return self.sharding_strategy != ShardingStrategy.NO_SHARD
+
+    @property
+    def gradient_replicas(self) -> int:
+        """How many ranks hold each gradient shard: the replicas of HYBRID_SHARD (by default one per node), else one."""
+        if self.sharding_strategy not in (ShardingStrategy.HYBRID_SHARD, ShardingStrategy._HYBRID_SHARD_ZERO2):
+            return 1
+        mesh = self.kwargs.get("device_mesh")  # (replicas, shard size), made a DeviceMesh by setup_environment
+        return mesh.size(0) if mesh is not None else self.num_nodes
 
     # ---- wrapping --------------------------------------------------------------------------------------------
     def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Wrap the module in FSDP units (see FSDP_UNITS), leaving the `ignored` submodules out."""
+        if isinstance(model, FSDP):  # e.g. validate after fit in one process
+            return model
         ignored = [model.get_submodule(name) for name in self.ignored if _has_submodule(model, name)]
         for module in ignored:
             module.to(self.root_device)  # FSDP moves only what it manages
-        from lightning.fabric.strategies.fsdp import _move_torchmetrics_to_device, _setup_activation_checkpointing
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
         # Lightning's FSDPStrategy passes device_id=root_device.index, which is None on CPU, where FSDP
         # then refuses to run; the device itself works on both (CPU: gloo, as in the tests).
-        wrapped = FullyShardedDataParallel(
+        wrapped = FSDP(
             module=model,
             cpu_offload=self.cpu_offload,
             mixed_precision=self.mixed_precision_config,
@@ -185,9 +211,6 @@ class DVFSDPStrategy(FSDPStrategy):
         """The optimizer state; in a full checkpoint keyed as a plain optimizer keys it (as DDP writes it)."""
         if self._state_dict_type == "sharded":
             return super().optimizer_state(optimizer)
-        from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, OptimStateKeyType, StateDictType
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
         optimizer = getattr(optimizer, "_optimizer", optimizer)
         # offload_to_cpu on a CPU device leaves every state of a parameter a view of one reused gather
         # buffer (torch's .cpu() copies nothing there), so exp_avg came out equal to exp_avg_sq.
@@ -227,7 +250,7 @@ class DVFSDPStrategy(FSDPStrategy):
 
     def _check_trainable(self, saved: set[str], path: Path) -> None:
         """A checkpoint must hold every trainable weight of the recipe."""
-        trainable = {n.replace(_WRAPPED, "") for n, p in self.model.named_parameters() if p.requires_grad}
+        trainable = {unwrapped_name(n) for n, p in self.model.named_parameters() if p.requires_grad}
         missing = sorted(trainable - saved)
         if missing:
             raise WeightsError(
@@ -271,24 +294,21 @@ class DVFSDPStrategy(FSDPStrategy):
 
     def _load_full(self, checkpoint: dict[str, Any]) -> None:
         """Load a one-file checkpoint's weights and (when fitting) optimizer states; pops them from it."""
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-        from torch.distributed.fsdp import OptimStateKeyType
-
         _load_raw_module_state(checkpoint.pop("state_dict"), self.model, world_size=self.world_size, strict=False)
         states = checkpoint.pop("optimizer_states", None)
         if not self._fitting() or states is None:
             return
         with _get_full_state_dict_context(self.model, world_size=self.world_size, rank0_only=False):
             for optimizer, state in zip(self.optimizers, states):
-                if all(isinstance(k, int) for k in state["state"]):  # a plain optimizer's numbering (DDP, or ours)
-                    state = FSDP.rekey_optim_state_dict(state, OptimStateKeyType.PARAM_NAME, self.model, optim=optimizer)
+                if all(isinstance(k, int) for k in state["state"]):  # a plain optimizer's numbering (DDP's, ours)
+                    by_name = OptimStateKeyType.PARAM_NAME
+                    state = FSDP.rekey_optim_state_dict(state, by_name, self.model, optim=optimizer)
                 optimizer.load_state_dict(FSDP.optim_state_dict_to_load(self.model, optimizer, state))
 
     def _load_sharded(self, path: Path, weights: set[str], weights_only: bool | None) -> dict[str, Any]:
         """Load the trainable weights and optimizer states of a shard folder (any world size); returns meta.pt."""
         from torch.distributed.checkpoint import FileSystemReader, load
         from torch.distributed.checkpoint.optimizer import load_sharded_optimizer_state_dict
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
         with _get_sharded_state_dict_context(self.model):
             # Only what the folder holds: the frozen weights came from the recipe's files.
@@ -320,7 +340,7 @@ def total_grad_norm(strategy, grads: list[torch.Tensor]) -> torch.Tensor:
     Every rank must call it when gradients are sharded (it all-reduces).
     """
     norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-    if getattr(strategy, "shards_gradients", False):
-        device = strategy.root_device
-        norm = strategy.reduce(norm.to(device).square(), reduce_op="sum").sqrt()
+    if isinstance(strategy, DVFSDPStrategy) and strategy.shards_gradients:
+        squares = strategy.reduce(norm.to(strategy.root_device).square(), reduce_op="sum")
+        norm = (squares / strategy.gradient_replicas).sqrt()
     return norm

@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="clips per step (default: the recipe's)")
     parser.add_argument("--ddim-steps", type=int, default=50, help="denoising steps per video (--what sample)")
     parser.add_argument("--loader-batches", type=int, default=20, help="batches per timed loader epoch (--what loader)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cuda, cuda:N or cpu (default: cuda when torch sees one)")
     parser.add_argument("--no-plain", action="store_true", help="skip the plain loop (and the ratio)")
     parser.add_argument("--explain", action="store_true",
                         help="instead of timing: torch._dynamo.explain of the denoiser (graphs, graph breaks, reasons)")
@@ -53,19 +54,19 @@ def bench_train(work, args) -> dict:
     """dv's Lightning training step and the plain loop's: s/step, clips/s, peak memory; FLOPs and MFU."""
     from dv.bench import plain
     from dv.bench.device import reset_peak_memory
-    from dv.bench.dvpath import fit_times, what_dv_adds
+    from dv.bench.dvpath import fit_times, loss_and_backward, what_dv_adds
     from dv.bench.flops import count_flops
 
-    result: dict = {"dv_adds": what_dv_adds(work)}
+    work.module.train()
+    # One eager loss + backward without checkpointing's recomputation: the model FLOPs of a step (the
+    # optimizer's elementwise work is not counted, as usual for MFU).
+    result: dict = {"dv_adds": what_dv_adds(work), "flops_per_step": count_flops(loss_and_backward(work))}
     if not args.no_plain and plain.has_plain_loop(work):
-        work.module.train()
         step = plain.train_step(work)
-        flops = count_flops(step)  # one eager step without checkpointing's recomputation: the model FLOPs
         reset_peak_memory(work.device)
         times = plain.time_calls(step, work.device, args.warmup, args.steps)
         result["plain"] = {"times": times, "peak_memory_gib": _memory(work)[0]}
-        result["flops_per_step"] = flops
-        del step
+        del step  # and with it the plain loop's optimizer state
         gc.collect()
         if work.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -86,14 +87,13 @@ def bench_sample(work, args) -> dict:
 
     work.module.eval()
     s_text, s_image = 9.0, 1.5
-    result: dict = {"ddim_steps": args.ddim_steps}
-    if not args.no_plain and plain.has_plain_loop(work):
-        run = plain.sample_video(work, args.ddim_steps, s_text, s_image)
-        result["flops_per_step"] = count_flops(run)  # per video: the "step" of --what sample
-        reset_peak_memory(work.device)
-        result["plain"] = {"times": plain.time_calls(run, work.device, args.warmup, args.steps),
-                           "peak_memory_gib": _memory(work)[0]}
     run = sampler_call(work, args.ddim_steps, s_text, s_image)
+    result: dict = {"ddim_steps": args.ddim_steps, "flops_per_step": count_flops(run)}  # per video, the "step" here
+    if not args.no_plain and plain.has_plain_loop(work):
+        plain_run = plain.sample_video(work, args.ddim_steps, s_text, s_image)
+        reset_peak_memory(work.device)
+        result["plain"] = {"times": plain.time_calls(plain_run, work.device, args.warmup, args.steps),
+                           "peak_memory_gib": _memory(work)[0]}
     reset_peak_memory(work.device)
     times = plain.time_calls(run, work.device, args.warmup, args.steps)
     memory, what = _memory(work)
@@ -142,15 +142,14 @@ def report(work, args, result: dict) -> dict:
         print(f"{'dv / plain time':<18}{ratio:.2f}× (throughput {1 / ratio:.2f}×)")
         if result.get("dv_adds"):
             print(f"{'dv also does':<18}{'; '.join(result['dv_adds'])}")
-    if flops:
-        print(f"{'FLOPs/' + unit:<18}{flops:.4g} (torch.utils.flop_counter, one eager {unit} without recomputation)")
-        if peak is None:
-            print(f"{'MFU':<18}no MFU ({'CPU' if work.device.type == 'cpu' else 'GPU not in the peak table'})")
-        else:
-            print(f"{'MFU':<18}" + ", ".join(f"{n} {100 * figures[n]['mfu']:.1f}%" for n in ("dv", "plain") if n in figures)
-                  + f" of {peak / 1e12:.1f} TFLOP/s dense bf16")
+    if "plain" not in result:
+        print(f"{'plain':<18}not run ({'--no-plain' if args.no_plain else 'the plain loops know T2V and DreamVideo models'})")
+    print(f"{'FLOPs/' + unit:<18}{flops:.4g} (torch.utils.flop_counter, one eager {unit} without recomputation)")
+    if peak is None:
+        print(f"{'MFU':<18}no MFU ({'CPU' if work.device.type == 'cpu' else 'GPU not in the peak table'})")
     else:
-        print(f"{'FLOPs/' + unit:<18}not counted (no plain loop for this model)")
+        print(f"{'MFU':<18}" + ", ".join(f"{n} {100 * figures[n]['mfu']:.1f}%" for n in ("dv", "plain") if n in figures)
+              + f" of {peak / 1e12:.1f} TFLOP/s dense bf16")
     return figures
 
 

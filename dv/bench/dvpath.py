@@ -115,3 +115,17 @@ def sampler_call(work: Workload, steps: int, s_text: float, s_image: float) -> C
             return sampler.sample(work.batch["caption"], images, config, seeds, progress=False)
 
     return run
+
+
+def loss_and_backward(work: Workload) -> Callable[[], None]:
+    """dv's training loss and its backward on the workload's batch, without the optimizer: what FLOPs are counted on."""
+    module = work.module
+    batch = {**work.batch, "video": work.batch["video"].to(work.device)}
+
+    def run() -> None:
+        with work.autocast():
+            per_sample, _ = module.diffusion_loss(batch, module.step_generator(0, 0), drop=True)
+        per_sample.mean().backward()
+        module.zero_grad(set_to_none=True)
+
+    return run

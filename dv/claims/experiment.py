@@ -62,7 +62,9 @@ class ClaimsConfig:
 def first_frame_scores(videos: np.ndarray, references: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """PSNR (dB) and SSIM of each video's first frame against its reference: uint8 (B, T, H, W, 3) and (B, H, W, 3)."""
     first = videos[:, 0]
-    psnr = np.array([peak_signal_noise_ratio(r, f, data_range=255) for r, f in zip(references, first)])
+    # Identical frames have an infinite PSNR (TI2V-Zero starts from the reference itself); say so, don't warn.
+    psnr = np.array([np.inf if np.array_equal(r, f) else peak_signal_noise_ratio(r, f, data_range=255)
+                     for r, f in zip(references, first)])
     structural = ssim(torch.from_numpy(first), torch.from_numpy(references)).numpy()
     return psnr, structural
 

@@ -31,6 +31,8 @@ def spread(values: np.ndarray, digits: int = 2) -> str:
     """'mean ± std' over seeds (sample std; a single seed shows the mean only)."""
     if len(values) == 0:
         return "–"
+    if np.isinf(values).any():
+        return "∞ (identical)"  # TI2V-Zero's first frame is the reference itself
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"

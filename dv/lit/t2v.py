@@ -17,7 +17,7 @@ from dv.lit.export import plain
 from dv.models.backbone import Backbone, BackboneConfig, is_temporal
 from dv.models.conditions import drop_conditions, video_to_model
 from dv.models.denoiser import Denoiser
-from dv.strategies import total_grad_norm
+from dv.strategies import total_grad_norm, unwrapped_name
 from dv.models.identity import text_encoder_identity
 
 
@@ -122,13 +122,14 @@ class T2VModule(L.LightningModule):
 
     def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         """(name, parameter) of everything the optimizer trains, in a fixed order."""
+        # Plain names (as in state dicts) even when FSDP or other wrappers nest the blocks.
         named = [
-            (f"backbone.unet.{n}", p)
+            (f"backbone.unet.{unwrapped_name(n)}", p)
             for n, p in self.backbone.unet.named_parameters()
             if self.trainable == "all" or is_temporal(n)
         ]
         if self.branch is not None:
-            named += [(f"branch.{n}", p) for n, p in self.branch.named_parameters()]
+            named += [(f"branch.{unwrapped_name(n)}", p) for n, p in self.branch.named_parameters()]
         return named
 
     @property

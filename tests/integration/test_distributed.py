@@ -8,6 +8,8 @@ one. What can match exactly, and is compared:
   (read back from AdamW's first moment) and the updated weights agree to float32 rounding.
 - FSDP against DDP with the same 2 ranks: same data, same draws, so weights, EMA and optimizer
   states after 2 steps agree to float32 rounding (here they come out bitwise equal).
+- A 2-rank FSDP run resumed from DDP's one-file checkpoint against the uninterrupted DDP run (every
+  checkpoint ends an epoch, so a resumed run streams what the uninterrupted one streamed).
 - A 2-rank FSDP shard folder resumed on 1 process against the 2-rank DDP checkpoint of that step
   resumed on 1 process: the continuations see the same data and draws and must agree.
 The recipe is the tiny DreamVideo one (frozen text encoder, autoencoder and spatial U-Net layers;
@@ -44,11 +46,13 @@ FSDP = {"class_path": "dv.strategies.DVFSDPStrategy"}
 ATOL = 1e-6
 
 
-def dist_recipe(tmp_path: Path, shards: Path, name: str, strategy, devices: int = 2, **trainer) -> Path:
-    """The tiny DreamVideo recipe on `devices` CPU processes: random backbone, a checkpoint every step, no validation."""
+def dist_recipe(tmp_path: Path, shards: Path, name: str, strategy, devices: int = 2) -> Path:
+    """The tiny DreamVideo recipe on `devices` CPU processes: random backbone, one batch per epoch and a
+    checkpoint at the end of each, no validation."""
     path = tiny_recipe(tmp_path, shards, name, source="recipes/demo.yaml", max_steps=2, devices=devices,
-                       limit_val_batches=0, **trainer)
+                       limit_val_batches=0)
     recipe = yaml.safe_load(path.read_text())
+    recipe["data"]["init_args"]["samples_per_epoch"] = 2  # per rank: one batch of 2
     recipe["trainer"]["strategy"] = strategy
     callbacks = [c for c in recipe["trainer"]["callbacks"] if not c["class_path"].endswith("VideoValidation")]
     callbacks[0]["init_args"] = {"every_n_train_steps": 1, "save_top_k": -1}
@@ -69,7 +73,8 @@ def dv_fit(recipe: Path, *extra: str) -> None:
 
 
 def checkpoint(tmp_path: Path, name: str, step: int) -> Path:
-    return tmp_path / "runs" / name / "latest" / "checkpoints" / f"epoch=0-step={step}.ckpt"
+    """The checkpoint (file or shard folder) written after `step` steps, at the end of epoch step - 1."""
+    return tmp_path / "runs" / name / "latest" / "checkpoints" / f"epoch={step - 1}-step={step}.ckpt"
 
 
 def consolidated(folder: Path) -> dict:
@@ -150,7 +155,8 @@ def test_ddp_step_equals_one_process_on_the_global_batch(ddp):
         # AdamW's first moment after one step is (1 - beta1) * gradient: DDP's averaged, clipped gradient.
         torch.testing.assert_close(moments[i]["exp_avg"] / (1 - beta1), grads[n], rtol=1e-4, atol=1e-8, msg=n)
         torch.testing.assert_close(ckpt["state_dict"][n], weights[n], rtol=0, atol=ATOL, msg=n)
-    moved = max((ckpt["state_dict"][n] - load(ddp.step(2))["state_dict"][n]).abs().max().item() for n in names)
+    after = load(ddp.step(2))["state_dict"]
+    moved = max((ckpt["state_dict"][n] - after[n]).abs().max().item() for n in names)
     assert moved > 100 * ATOL, "the weights must move more than the tolerance for the comparison to mean anything"
 
 
@@ -173,10 +179,10 @@ def test_fsdp_full_shard_trains_as_ddp_does(ddp, fsdp_sharded):
 
 
 @pytest.mark.slow
-def test_fsdp_shard_grad_op_full_checkpoint_trains_as_ddp_does(ddp, pans_shards):
+def test_fsdp_shard_grad_op_resumes_a_ddp_checkpoint_and_writes_one_like_it(ddp, pans_shards):
     strategy = {**FSDP, "init_args": {"sharding_strategy": "SHARD_GRAD_OP", "state_dict_type": "full"}}
-    dv_fit(dist_recipe(ddp.tmp, pans_shards, "sgo", strategy))
-    ckpt = load(checkpoint(ddp.tmp, "sgo", 2))  # one file, keyed like DDP's
+    dv_fit(dist_recipe(ddp.tmp, pans_shards, "sgo", strategy), "--ckpt_path", str(ddp.step(1)))
+    ckpt = load(checkpoint(ddp.tmp, "sgo", 2))  # one file, its optimizer states numbered as DDP numbers them
     assert_same_training_state(ckpt, load(ddp.step(2)), ddp.names)
 
 
@@ -184,7 +190,8 @@ def test_fsdp_shard_grad_op_full_checkpoint_trains_as_ddp_does(ddp, pans_shards)
 def test_two_process_fsdp_checkpoint_resumes_on_one_process(ddp, fsdp_sharded, pans_shards):
     one = {**FSDP, "init_args": {"state_dict_type": "full"}}
     dv_fit(dist_recipe(ddp.tmp, pans_shards, "fsdp1", one, devices=1), "--ckpt_path", str(fsdp_sharded(1)))
-    dv_fit(dist_recipe(ddp.tmp, pans_shards, "ddp1", "auto", devices=1), "--ckpt_path", str(ddp.step(1)))
+    single = dist_recipe(ddp.tmp, pans_shards, "ddp1", "auto", devices=1)
+    assert dv_main(["fit", "--recipe", str(single), "--ckpt_path", str(ddp.step(1))]) == 0  # in-process: no launcher
     resumed = load(checkpoint(ddp.tmp, "fsdp1", 2))
     assert resumed["global_step"] == 2
     assert_same_training_state(resumed, load(checkpoint(ddp.tmp, "ddp1", 2)), ddp.names)
@@ -250,6 +257,7 @@ def test_fsdp_wraps_blocks_and_temporal_layers_and_leaves_the_frozen_encoders_al
     try:
         module = tiny_dreamvideo(ema_decay=0.9)
         expected = [m for m in module.modules() if isinstance(m, tuple(unit_classes()))]
+        names = [n for n, _ in module.trainable_parameters()]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             wrapped = DVFSDPStrategy(parallel_devices=[torch.device("cpu")])._setup_model(module)
@@ -258,6 +266,7 @@ def test_fsdp_wraps_blocks_and_temporal_layers_and_leaves_the_frozen_encoders_al
         fsdp = [m for m in wrapped.modules() if isinstance(m, FullyShardedDataParallel)]
         assert fsdp[0].module is module and {id(m.module) for m in fsdp[1:]} == {id(m) for m in expected}
         assert len(expected) > 8, "5 U-Net blocks and 3 branch blocks, and the temporal layers in them"
+        assert [n for n, _ in module.trainable_parameters()] == names, "checkpoint names survive the wrapping"
         # Each unit's FlatParameter lists the original parameters it manages (use_orig_params).
         sharded = {id(p) for unit in fsdp for flat in unit.params for p in flat._params}
         frozen = [*module.backbone.autoencoder.parameters(), *module.backbone.text.parameters()]

@@ -109,7 +109,6 @@ def test_explain_finds_one_graph_without_breaks(tiny_recipe, tmp_path, capsys):
     assert figure(out, "graphs") == "1" and figure(out, "graph breaks") == "0"
 
 
-@pytest.mark.slow
 def test_loader_bench_reads_the_recipes_shards(tiny_recipe, tmp_path, capsys):
     shards = tmp_path / "pans"
     subprocess.run([sys.executable, "-m", "data_prep", "build", "--source", "camera-pans", "--out", str(shards),
