@@ -108,6 +108,10 @@ class VideoValidation(Callback):
                 raise ConfigError("VideoValidation needs data.val_shards (its captions and reference images)")
             videos, captions = [], []
             for batch in dm._loader(dm.val_dataset()):
+                if "video" not in batch:
+                    raise ConfigError(
+                        "VideoValidation needs video shards in data.val_shards (it scores real clips), not latent shards"
+                    )
                 videos.append(batch["video"])
                 captions += list(batch["caption"])
                 if len(captions) >= self.num_videos:
