@@ -25,11 +25,15 @@ def test_claims_pipeline_writes_every_table(tmp_path, pans_shards):
     dream = tiny_recipe(tmp_path, pans_shards, "dreamvideo", source="recipes/claims.yaml", max_steps=2)
     fit(dream, f"--model.init_args.backbone.unet_weights=[{backbone}]")
     dream_run = tmp_path / "runs" / "dreamvideo" / "latest"
+    crafter = tiny_recipe(tmp_path, pans_shards, "dynamicrafter", source="recipes/claims-dynamicrafter.yaml", max_steps=2)
+    fit(crafter, f"--model.init_args.backbone.unet_weights=[{backbone}]", "--model.init_args.projection.num_frames=4")
+    crafter_run = tmp_path / "runs" / "dynamicrafter" / "latest"
 
     out = tmp_path / "claims"
     code = claims_main([
         "--model", f"T2V={t2v_run / 'config.yaml'},{backbone}",
         "--model", f"DreamVideo={dream_run / 'config.yaml'},{dream_run / 'checkpoints' / 'last.ckpt'}",
+        "--model", f"DynamiCrafter={crafter_run / 'config.yaml'},{crafter_run / 'checkpoints' / 'last.ckpt'}",
         "--val-shards", str(pans_shards / "val-*.tar"), "--out", str(out), "--seeds", "0", "1", "--steps", "2", "--quick",
     ])
     assert code == 0
@@ -39,12 +43,14 @@ def test_claims_pipeline_writes_every_table(tmp_path, pans_shards):
                     "FVD: not measured"):
         assert heading in text, heading
     assert "| T2V | text only |" in text and "| T2V | text + image, zero-shot (TI2V-Zero) |" in text
-    assert "| DreamVideo | text + image |" in text
+    assert "| DreamVideo | text + image |" in text and "| DynamiCrafter | text + image |" in text
+    assert "Condition ablation (DynamiCrafter)" in text
     rows = json.loads((out / "rows.json").read_text())
     made = {(r["model"], r["mode"]) for r in rows}
     assert made == {("ground truth", "real"), ("T2V", "t2v"), ("T2V", "zero_shot"), ("DreamVideo", "ti2v"),
                     ("DreamVideo", "i2v"), ("DreamVideo", "t2v"), ("DreamVideo", "chained-stage1"),
-                    ("DreamVideo", "chained-stage2")}
+                    ("DreamVideo", "chained-stage2")} | {("DynamiCrafter", mode) for mode in
+                                                       ("ti2v", "i2v", "t2v", "chained-stage1", "chained-stage2")}
     # 4 held-out photos x 6 captions x 2 seeds per sampled setting
     assert sum(1 for r in rows if (r["model"], r["mode"]) == ("DreamVideo", "ti2v")) == 4 * 6 * 2
     truth = [r for r in rows if r["model"] == "ground truth"]
