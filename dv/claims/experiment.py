@@ -128,17 +128,16 @@ class ClaimsRun:
 
     def run_chained(self, model: str, module) -> None:
         """Two-stage videos with two different motion captions; one row per stage plus the seam statistics."""
-        sampler = self.sampler(module)
         config = SamplerConfig(steps=self.config.steps, s_text=self.config.s_text, s_image=self.config.s_image)
         t = self.config.num_frames
         jobs = list(itertools.product(self.config.photos, self.config.chain_pairs, self.config.seeds))
-        for photo, (first, second), seed in tqdm(jobs, desc=f"{model} chained", disable=not self.progress, leave=False):
-            image = self.reference_batch([(photo, None, seed)])
-            prompts = [caption_for(photo, first), caption_for(photo, second)]
-            video, _ = sampler.chained(prompts, image, config, seed, progress=False)
-            frames = video_from_model(video.cpu()).numpy()[0]
-            diffs = np.abs(np.diff(frames.astype(np.float64), axis=0)).mean(axis=(1, 2, 3))  # between consecutive frames
-            for stage, (motion, part) in enumerate(((first, frames[:t]), (second, frames[t - 1 :]))):
+        stage_captions = [[caption_for(p, pair[k]) for p, pair, _ in jobs] for k in (0, 1)]
+        images = self.reference_batch([(p, None, s) for p, _, s in jobs])
+        videos, _ = self.sampler(module).chained_batch(stage_captions, images, config, [s for _, _, s in jobs], progress=False)
+        frames = video_from_model(videos.cpu()).numpy()
+        for (photo, (first, second), seed), video in zip(jobs, frames):
+            diffs = np.abs(np.diff(video.astype(np.float64), axis=0)).mean(axis=(1, 2, 3))  # between consecutive frames
+            for stage, (motion, part) in enumerate(((first, video[:t]), (second, video[t - 1 :]))):
                 self.rows.append(
                     dict(model=model, mode=f"chained-stage{stage + 1}", photo=photo, motion=motion, seed=seed,
                          s_text=config.s_text, s_image=config.s_image, predicted=estimate_motion(part).label,

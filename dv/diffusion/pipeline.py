@@ -101,16 +101,32 @@ class VideoSampler:
 
         Returns the chained video (1, 3, N·T − (N−1), H, W) and the reference image of each stage.
         """
-        if not prompts:
+        stage_captions = [None if p is None else [p] for p in prompts]
+        return self.chained_batch(stage_captions, image, config, [seed], progress, callback)
+
+    @torch.no_grad()
+    def chained_batch(
+        self,
+        stage_captions: list[list[str] | None],
+        images: torch.Tensor | None,
+        config: SamplerConfig,
+        seeds: list[int],
+        progress: bool = True,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`chained` for a batch: stage k of video i uses stage_captions[k][i] (None: no text) and seed seeds[i] + k.
+
+        Returns the chained videos (B, 3, N·T − (N−1), H, W) and the reference images of each stage.
+        """
+        if not stage_captions:
             raise ConfigError("chained inference needs at least one stage prompt")
-        if len(prompts) > 1 and self.branch is None:
+        if len(stage_captions) > 1 and self.branch is None:
             raise ConfigError("chained inference needs a model with an image-conditioning branch")
         stages, references = [], []
-        reference = image
-        for k, prompt in enumerate(prompts):
+        reference = images
+        for k, captions in enumerate(stage_captions):
             references.append(reference)
-            video = self.sample(None if prompt is None else [prompt], reference, config, [seed + k], progress, callback)
+            video = self.sample(captions, reference, config, [s + k for s in seeds], progress, callback)
             stages.append(video)
             reference = video[:, :, -1]
         return chain_videos(stages), references
-
