@@ -8,7 +8,7 @@ reference photo (paper Table 1's FFF_SSIM) and the camera motion recovered from 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -55,8 +55,6 @@ class ClaimsConfig:
     """The photo shown in the figure."""
     frame_size: int = 32
     num_frames: int = 8
-    keep_videos: set[str] = field(default_factory=lambda: {"t2v", "ti2v"})
-    """Modes whose videos are kept for the figure."""
 
 
 def first_frame_scores(videos: np.ndarray, references: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -80,6 +78,7 @@ class ClaimsRun:
         self.batches: dict[tuple, np.ndarray] = {}
         """uint8 videos (B, T, H, W, 3) of each (model, mode, s_text, s_image), for FVD."""
         self.references = {p: reference_view(p, config.frame_size) for p in config.photos}
+        self.branchless = True  # whether the model being sampled has no image-conditioning branch
 
     # ---- what is asked ------------------------------------------------------------------------------------------
     def requests(self) -> list[tuple[str, str, int]]:
@@ -103,7 +102,9 @@ class ClaimsRun:
                 dict(model=model, mode=mode, photo=photo, motion=motion, seed=seed, s_text=s_text, s_image=s_image,
                      psnr=float(psnr[i]), ssim=float(structural[i]), predicted=estimate.label)
             )
-            if mode in self.config.keep_videos and photo == self.config.figure_photo and seed == self.config.seeds[0]:
+            # The figure shows each model's own main mode: text for T2V, text + image at the main scales otherwise.
+            shown = mode == "t2v" if self.branchless else (mode == "ti2v" and (s_text, s_image) == (self.config.s_text, self.config.s_image))
+            if shown and photo == self.config.figure_photo and seed == self.config.seeds[0]:
                 self.videos[(model, mode, motion)] = frames[i]
 
     # ---- sampling ---------------------------------------------------------------------------------------------
@@ -147,6 +148,7 @@ class ClaimsRun:
     def run_model(self, model: str, module) -> None:
         """Everything the claims ask of one model: T2V models (no branch) and image-conditioned ones differ."""
         c = self.config
+        self.branchless = module.branch is None
         settings: list[tuple[str, float, float]]
         if module.branch is None:
             settings = [("t2v", c.s_text, 1.0), ("zero_shot", c.s_text, 1.0)]

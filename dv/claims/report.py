@@ -135,7 +135,7 @@ def confusion_table(rows: list[dict]) -> str:
 def figure(videos: dict[tuple, np.ndarray], references: dict[str, np.ndarray], photo: str, path: Path,
            frames: tuple[int, ...] = (0, 2, 4, 7), scale: int = 3) -> Path:
     """PNG: for each kept (model, mode), one row per caption motion: reference | chosen frames of the video."""
-    keys = sorted({(m, mode) for m, mode, _ in videos})
+    keys = list(dict.fromkeys((m, mode) for m, mode, _ in videos))  # in the order the models were sampled
     size = next(iter(videos.values())).shape[1] * scale
     label_w, gap, head = 210, 4, 18
     columns = 1 + len(frames)
