@@ -240,7 +240,8 @@ class DVFSDPStrategy(FSDPStrategy):
             ema = self._load_sharded_ema(path) if self._ema and any(k.startswith("ema.") for k in saved) else None
             checkpoint = self._load_sharded(path, weights, weights_only)
         else:
-            checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=weights_only)
+            # weights_only=True whatever the caller asks: dv checkpoints hold plain data only, never pickled objects.
+            checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
             self._check_trainable(set(checkpoint["state_dict"]), path)
             ema = self._load_full_ema(checkpoint["ema"]) if self._ema and "ema" in checkpoint else None
             self._load_full(checkpoint)
@@ -323,7 +324,7 @@ class DVFSDPStrategy(FSDPStrategy):
                         model_state_dict=module_state["model"], optimizer_key=key, storage_reader=reader
                     )
                     optimizer.load_state_dict(FSDP.optim_state_dict_to_load(self.model, optimizer, state[key]))
-        return torch.load(path / _METADATA_FILENAME, weights_only=weights_only)
+        return torch.load(path / _METADATA_FILENAME, weights_only=True)  # plain data only, as above
 
 
 def _has_submodule(module: torch.nn.Module, name: str) -> bool:
