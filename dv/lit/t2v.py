@@ -43,6 +43,8 @@ class OptimConfig:
     lr: float = 5e-5
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    """Added to the root of the second moment; the step of a weight whose gradient is below it shrinks."""
     warmup_steps: int = 500
 
 
@@ -242,7 +244,10 @@ class T2VModule(L.LightningModule):
     # ---- optimisation ---------------------------------------------------------------------------------------
     def configure_optimizers(self):
         params = [p for _, p in self.trainable_parameters()]
-        opt = torch.optim.AdamW(params, lr=self.optim.lr, betas=tuple(self.optim.betas), weight_decay=self.optim.weight_decay)
+        # The fused kernel, one launch for all weights, where they are on a GPU (as under DDP or FSDP).
+        fused = all(p.is_cuda for p in params)
+        opt = torch.optim.AdamW(params, lr=self.optim.lr, betas=tuple(self.optim.betas), eps=self.optim.eps,
+                                weight_decay=self.optim.weight_decay, fused=fused or None)
         warmup = max(1, self.optim.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

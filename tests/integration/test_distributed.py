@@ -44,6 +44,11 @@ FSDP = {"class_path": "dv.strategies.DVFSDPStrategy"}
 # float32 rounding of a sum over ranks taken in another order, through one AdamW step of lr 1e-3
 # (whose first update is about lr * sign(gradient)): far below the 1e-3 each weight moves.
 ATOL = 1e-6
+# AdamW's step g / (|g| + eps) changes by up to lr * dg / eps for a change dg of the gradient. Gradients
+# summed in another order differ by ~1e-10 (elements that cancel to ~1e-9 relative to their tensor's
+# largest, e.g. temporal attention keys whose softmax hardly moves): with the default eps of 1e-8 that
+# is up to lr, with 1e-5 it is ~1e-8, under ATOL, while gradients of 1e-4 and more still step by ~lr.
+ADAM_EPS = 1e-5
 
 
 def dist_recipe(tmp_path: Path, shards: Path, name: str, strategy, devices: int = 2) -> Path:
@@ -60,6 +65,7 @@ def dist_recipe(tmp_path: Path, shards: Path, name: str, strategy, devices: int 
     model = recipe["model"]["init_args"]
     model["backbone"]["unet_weights"] = []
     model["optim"]["warmup_steps"] = 1  # full lr from the first step: weights move by ~1e-3, far above rounding
+    model["optim"]["eps"] = ADAM_EPS
     path.write_text(yaml.safe_dump(recipe))
     return path
 

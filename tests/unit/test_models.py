@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dv.errors import ConfigError, TrainingError
+from dv.lit.t2v import OptimConfig
 from dv.models.autoencoder import AutoencoderConfig, FrameAutoencoder
 from dv.models.conditions import drop_conditions, video_to_model
 from dv.models.retention import RetentionBranch, residual_channels
@@ -196,3 +197,13 @@ def test_long_caption_is_truncated_with_a_warning():
     with pytest.warns(UserWarning, match="truncated"):
         emb = module.backbone.encode_text(["a very long caption " * 40])
     assert emb.shape[1] == context
+
+
+def test_the_recipes_adamw_settings_reach_the_optimizer():
+    module = tiny_t2v(optim=OptimConfig(lr=2e-3, weight_decay=0.05, betas=(0.8, 0.99), eps=1e-5, warmup_steps=4))
+    optimizer = module.configure_optimizers()["optimizer"]
+    group = optimizer.param_groups[0]
+    assert (group["eps"], group["weight_decay"], group["betas"]) == (1e-5, 0.05, (0.8, 0.99))
+    assert group["initial_lr"] == 2e-3 and group["lr"] == pytest.approx(2e-3 / 4), "warm-up starts at lr / warmup_steps"
+    assert not group["fused"], "the fused kernel only for weights on a GPU"
+    assert sum(p.numel() for p in group["params"]) == sum(p.numel() for _, p in module.trainable_parameters())
