@@ -17,10 +17,11 @@ import argparse
 import datetime
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
+
+from dv.bench.plain import time_calls
 
 README = Path(__file__).with_name("README.md")
 BEGIN, END = "<!-- sampling:begin -->", "<!-- sampling:end -->"
@@ -32,24 +33,6 @@ class CallCounter:
     def __init__(self, module: torch.nn.Module) -> None:
         self.calls = 0
         module.register_forward_hook(lambda *_: setattr(self, "calls", self.calls + 1))
-
-
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(fn, repeats: int, device: str) -> float:
-    """Median seconds of fn() after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def kl_vae_like(module, device):
@@ -127,7 +110,7 @@ def main() -> None:
         counter.calls = 0
         fn()
         calls_per_step = counter.calls / args.steps
-        seconds = timed(fn, args.repeats, args.device)
+        seconds = statistics.median(time_calls(fn, torch.device(args.device), warmup=1, repeats=args.repeats))
         rows.append((name, seconds, calls_per_step))
     base = rows[0][1]
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
