@@ -80,7 +80,7 @@ claims-models: claims-backbone
 
 claims-backbone: install
 	$(PY) -m data_prep build --source camera-pans --out $(CLAIMS_SHARDS) --size 96 --clips-per-video 4
-	OMP_NUM_THREADS=1 $(DV) fit --recipe recipes/claims-t2v.yaml --ckpt_path last $(CLAIMS_DATA)
+	$(DV) fit --recipe recipes/claims-t2v.yaml --ckpt_path last $(CLAIMS_DATA)
 	$(DV) export --recipe $(RUNS)/claims-t2v/latest/config.yaml --ckpt $(RUNS)/claims-t2v/latest/checkpoints/last.ckpt \
 		--out $(RUNS)/claims-t2v/export.safetensors
 

@@ -25,8 +25,9 @@ def tiny_recipe(tmp_path: Path, shards: Path, name: str, source: str = "recipes/
     data = recipe["data"]["init_args"]
     data.update(train_shards=str(shards / "train-*.tar"), val_shards=str(shards / "val-*.tar"), batch_size=2,
                 num_workers=0, samples_per_epoch=4, num_frames=4, frame_size=16)
-    unet = recipe["model"]["init_args"]["backbone"]["unet"]
-    unet.update(in_channels=48, out_channels=48, block_out_channels=[16, 32], sample_size=4)
+    backbone = recipe["model"]["init_args"]["backbone"]
+    channels = 3 * backbone["autoencoder"]["factor"] ** 2  # the recipe's space-to-depth latents
+    backbone["unet"].update(in_channels=channels, out_channels=channels, block_out_channels=[16, 32], sample_size=4)
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
