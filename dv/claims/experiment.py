@@ -78,7 +78,8 @@ class ClaimsRun:
         self.batches: dict[tuple, np.ndarray] = {}
         """uint8 videos (B, T, H, W, 3) of each (model, mode, s_text, s_image), for FVD."""
         self.references = {p: reference_view(p, config.frame_size) for p in config.photos}
-        self.branchless = True  # whether the model being sampled has no image-conditioning branch
+        self.figure_setting: tuple[str, float, float] | None = None
+        """(mode, s_text, s_image) whose videos the figure shows: the main setting of the model being sampled."""
 
     # ---- what is asked ------------------------------------------------------------------------------------------
     def requests(self) -> list[tuple[str, str, int]]:
@@ -102,8 +103,7 @@ class ClaimsRun:
                 dict(model=model, mode=mode, photo=photo, motion=motion, seed=seed, s_text=s_text, s_image=s_image,
                      psnr=float(psnr[i]), ssim=float(structural[i]), predicted=estimate.label)
             )
-            # The figure shows each model's own main mode: text for T2V, text + image at the main scales otherwise.
-            shown = mode == "t2v" if self.branchless else (mode == "ti2v" and (s_text, s_image) == (self.config.s_text, self.config.s_image))
+            shown = (mode, s_text, s_image) == self.figure_setting
             if shown and photo == self.config.figure_photo and seed == self.config.seeds[0]:
                 self.videos[(model, mode, motion)] = frames[i]
 
@@ -148,7 +148,6 @@ class ClaimsRun:
     def run_model(self, model: str, module) -> None:
         """Everything the claims ask of one model: T2V models (no branch) and image-conditioned ones differ."""
         c = self.config
-        self.branchless = module.branch is None
         settings: list[tuple[str, float, float]]
         if module.branch is None:
             settings = [("t2v", c.s_text, 1.0), ("zero_shot", c.s_text, 1.0)]
@@ -156,6 +155,8 @@ class ClaimsRun:
             settings = [("ti2v", c.s_text, c.s_image), ("i2v", 1.0, c.s_image), ("t2v", c.s_text, 1.0)]
             grid = [("ti2v", st, si) for si in c.grid_s_image for st in c.grid_s_text]
             settings += [s for s in grid if s != ("ti2v", c.s_text, c.s_image)]
+        # The figure shows each model's main setting, the first: text for T2V, text + image at the main scales otherwise.
+        self.figure_setting = settings[0]
         for mode, s_text, s_image in tqdm(settings, desc=model, disable=not self.progress):
             self.run_setting(model, module, mode, s_text, s_image)
         if module.branch is not None:
