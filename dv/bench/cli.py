@@ -59,8 +59,11 @@ def bench_train(work, args) -> dict:
 
     work.module.train()
     # One eager loss + backward without checkpointing's recomputation: the model FLOPs of a step (the
-    # optimizer's elementwise work is not counted, as usual for MFU).
-    result: dict = {"dv_adds": what_dv_adds(work), "flops_per_step": count_flops(loss_and_backward(work))}
+    # optimizer's elementwise work is not counted, as usual for MFU). Counted on one clip and multiplied:
+    # every part works per clip, and without recomputation a full-size batch's activations do not fit
+    # (DreamVideo at batch 8 ran out of an H100's 80 GB here).
+    flops = count_flops(loss_and_backward(work, clips=1)) * work.batch_size
+    result: dict = {"dv_adds": what_dv_adds(work), "flops_per_step": flops}
     if not args.no_plain and plain.has_plain_loop(work):
         step = plain.train_step(work)
         reset_peak_memory(work.device)

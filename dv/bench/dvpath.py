@@ -117,14 +117,17 @@ def sampler_call(work: Workload, steps: int, s_text: float, s_image: float) -> C
     return run
 
 
-def loss_and_backward(work: Workload) -> Callable[[], None]:
-    """dv's training loss and its backward on the workload's batch, without the optimizer: what FLOPs are counted on."""
+def loss_and_backward(work: Workload, clips: int | None = None) -> Callable[[], None]:
+    """dv's training loss and its backward on the first `clips` of the batch (all by default), without the
+    optimizer: what FLOPs are counted on."""
     module = work.module
-    batch = {**work.batch, "video": work.batch["video"].to(work.device)}
+    clips = clips or work.batch_size
+    batch = {"video": work.batch["video"][:clips].to(work.device), "caption": work.batch["caption"][:clips]}
 
     def run() -> None:
         with work.autocast():
-            per_sample, _ = module.diffusion_loss(batch, module.step_generator(0, 0), drop=True)
+            # No condition dropout: a dropped caption skips the text encoder, and the count is of the full step.
+            per_sample, _ = module.diffusion_loss(batch, module.step_generator(0, 0), drop=False)
         per_sample.mean().backward()
         module.zero_grad(set_to_none=True)
 

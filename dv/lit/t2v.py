@@ -244,8 +244,11 @@ class T2VModule(L.LightningModule):
     # ---- optimisation ---------------------------------------------------------------------------------------
     def configure_optimizers(self):
         params = [p for _, p in self.trainable_parameters()]
-        # The fused kernel, one launch for all weights, where they are on a GPU (as under DDP or FSDP).
-        fused = all(p.is_cuda for p in params)
+        # The fused kernel, one launch for all weights, where they are on a GPU (as under DDP or FSDP) — but not
+        # with gradient clipping: Lightning's mixed-precision plugin refuses to clip for an optimizer that
+        # unscales inside its step, and the fused one does (seen on an H100 with bf16-mixed).
+        clipping = self._trainer is not None and bool(self._trainer.gradient_clip_val)
+        fused = all(p.is_cuda for p in params) and not clipping
         opt = torch.optim.AdamW(params, lr=self.optim.lr, betas=tuple(self.optim.betas), eps=self.optim.eps,
                                 weight_decay=self.optim.weight_decay, fused=fused or None)
         warmup = max(1, self.optim.warmup_steps)

@@ -53,6 +53,18 @@ def test_flops_equal_a_hand_count():
     assert count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q)) == 2 * (2 * 2 * 4 * 16 * 16 * 8)
 
 
+def test_step_flops_are_one_clips_times_the_batch(tiny_recipe):
+    # dv bench counts a step's FLOPs on one clip and multiplies (a full-size batch without recomputation does
+    # not fit on a GPU): that must be the whole batch's count.
+    from dv.bench.dvpath import loss_and_backward
+    from dv.bench.workload import build_workload
+
+    work = build_workload(tiny_recipe, 3, "cpu")
+    work.module.train()
+    one, batch = count_flops(loss_and_backward(work, clips=1)), count_flops(loss_and_backward(work))
+    assert one > 0 and batch == 3 * one
+
+
 def test_mfu_and_peak_table(monkeypatch):
     assert peak_bf16_flops(torch.device("cpu")) is None and mfu(1e12, 1.0, None) is None
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H100 80GB HBM3")
