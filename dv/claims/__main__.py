@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dv.claims.captions import probe as caption_probe
+from dv.claims.captions import probe_table
 from dv.claims.experiment import ClaimsConfig, ClaimsRun
 from dv.claims.report import (CHANCE, ablation_table, chained_table, comparison_table, confusion_table, figure,
                               guidance_table, spread, per_seed, accuracy)
@@ -60,7 +62,7 @@ def fvd_lines(run: ClaimsRun, i3d: str | None, real: list[np.ndarray], main: tup
     return lines
 
 
-def report(run: ClaimsRun, args, command: str, seconds: float, fvd: list[str]) -> str:
+def report(run: ClaimsRun, args, command: str, seconds: float, fvd: list[str], captions: str) -> str:
     """The results page (markdown)."""
     c = run.config
     main = (c.s_text, c.s_image)
@@ -74,6 +76,7 @@ def report(run: ClaimsRun, args, command: str, seconds: float, fvd: list[str]) -
         f"Chance motion accuracy is {CHANCE:.2f}. The motion estimator recovers {accuracy(truth):.2f} of the "
         f"{len(truth)} real held-out clips' motions." if truth else "",
         "## Fidelity and text control of motion", comparison_table(run.rows, main),
+        "## Does the model read the motion caption? (training loss per caption, no sampling)", captions,
     ]
     for model in image_models:
         parts += [f"## Condition ablation ({model})", ablation_table(run.rows, model, main),
@@ -116,12 +119,15 @@ def main(argv: list[str] | None = None) -> int:
         real = held_out_clips(args.val_shards, frames, size)
         run.ground_truth_rows(real)
         torch.manual_seed(0)
+        caption_rows = {}
         for name, recipe, ckpt in models:
-            run.run_model(name, load_trained(recipe, ckpt))
+            module = load_trained(recipe, ckpt)
+            caption_rows[name] = caption_probe(module, real)
+            run.run_model(name, module)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         fvd = fvd_lines(run, args.i3d, [f for f, _, _ in real], (config.s_text, config.s_image))
-        text = report(run, args, command, time.time() - started, fvd)
+        text = report(run, args, command, time.time() - started, fvd, probe_table(caption_rows, len(real)))
         (out / "results.md").write_text(text)
         (out / "rows.json").write_text(json.dumps(run.rows, indent=1))
         for path in [out / "claims.png"] + ([Path(args.figure)] if args.figure else []):

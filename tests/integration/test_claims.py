@@ -45,6 +45,10 @@ def test_claims_pipeline_writes_every_table(tmp_path, pans_shards):
     assert "| T2V | text only |" in text and "| T2V | text + image, zero-shot (TI2V-Zero) |" in text
     assert "| DreamVideo | text + image |" in text and "| DynamiCrafter | text + image |" in text
     assert "Condition ablation (DynamiCrafter)" in text
+    probe_rows = [line for line in text.splitlines() if line.startswith(("| T2V | ", "| DreamVideo | ", "| DynamiCrafter | "))
+                  and line.split("|")[2].strip() in ("200", "500", "800")]
+    assert len(probe_rows) == 3 * 3  # the caption probe: three models × three timesteps
+    assert all(0.0 <= float(r.split("|")[3]) <= 1.0 for r in probe_rows)
     rows = json.loads((out / "rows.json").read_text())
     made = {(r["model"], r["mode"]) for r in rows}
     assert made == {("ground truth", "real"), ("T2V", "t2v"), ("T2V", "zero_shot"), ("DreamVideo", "ti2v"),

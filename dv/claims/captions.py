@@ -1,0 +1,112 @@
+"""Does a model read the motion caption? Its training loss on held-out clips under each motion's caption.
+
+A model that learned text control of motion predicts a held-out clip best when the caption names the clip's own
+motion. This asks that directly, with one denoiser call per (caption, timestep) over all clips and no sampling:
+where the clip's own caption is no better than the others, sampled videos cannot follow the caption either.
+Same noise and timestep for every caption, so the losses differ only through the caption.
+
+    python -m dv.claims.captions --val-shards 'data/shards/camera-pans-claims/val-*.tar' --model NAME=RECIPE,CKPT ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import torch
+
+from data_prep.camera_pans import caption_for
+from dv.claims.motion import MOTIONS
+from dv.errors import DVError
+from dv.models.conditions import video_to_model
+
+TIMESTEPS = (200, 500, 800)
+"""Where the caption is probed: low, middle and high noise."""
+
+
+def top1_rate(losses: np.ndarray, truth: np.ndarray) -> float:
+    """Fraction of clips (rows of `losses`, clips × captions) whose own caption `truth[i]` has the lowest loss.
+
+    Tied lowest losses share the credit (a model that ignores the caption scores 1 / captions, chance).
+    """
+    lowest = losses == losses.min(axis=1, keepdims=True)
+    return float(np.mean(lowest[np.arange(len(truth)), truth] / lowest.sum(axis=1)))
+
+
+@torch.no_grad()
+def caption_losses(module, clips: list[tuple[np.ndarray, str, str]], t: int, seed: int = 0) -> np.ndarray:
+    """Per-clip loss (clips × MOTIONS) of the module's prediction at timestep t under each motion's caption.
+
+    `clips` are (uint8 frames (T, H, W, 3), photo, motion) as `held_out_clips` gives them; the loss is the
+    module's training loss (MSE against its prediction target), with the same latent draw and noise for every caption.
+    """
+    generator = torch.Generator(device=module.device).manual_seed(seed)
+    video = video_to_model(torch.from_numpy(np.stack([f for f, _, _ in clips])).to(module.device))
+    latents = module.encode_video(video, generator=generator)
+    noise = torch.randn(latents.shape, generator=generator, device=generator.device, dtype=latents.dtype)
+    timesteps = torch.full((len(clips),), t, device=module.device)
+    noisy = module.noise_scheduler.add_noise(latents, noise, timesteps)
+    if module.diffusion.prediction_type == "epsilon":
+        target = noise
+    else:
+        target = module.noise_scheduler.get_velocity(latents, noise, timesteps)
+    losses = np.zeros((len(clips), len(MOTIONS)))
+    for j, motion in enumerate(MOTIONS):
+        captions = [caption_for(photo, motion) for _, photo, _ in clips]
+        text, image = module.batch_conditions({"caption": captions}, video, drop=False, generator=None)
+        pred = module.denoiser(noisy, timesteps, text, image)
+        losses[:, j] = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3, 4)).cpu().numpy()
+    return losses
+
+
+def probe(module, clips: list[tuple[np.ndarray, str, str]], timesteps=TIMESTEPS, seed: int = 0) -> list[dict]:
+    """One row per timestep: the own caption's mean loss, the mean over all captions, and the top-1 rate."""
+    truth = np.array([MOTIONS.index(motion) for _, _, motion in clips])
+    rows = []
+    for t in timesteps:
+        losses = caption_losses(module, clips, t, seed)
+        rows.append(dict(t=t, own_loss=float(losses[np.arange(len(clips)), truth].mean()),
+                         mean_loss=float(losses.mean()), top1=top1_rate(losses, truth)))
+    return rows
+
+
+def probe_table(results: dict[str, list[dict]], clips: int) -> str:
+    """Markdown: per model and timestep, the top-1 rate (chance 1/6) and the own caption's loss against the mean."""
+    lines = [
+        f"Loss on {clips} held-out clips under each of the six motion captions, same noise and timestep; "
+        f"top-1 = share of clips whose own caption gives the lowest loss (chance {1 / len(MOTIONS):.2f}).",
+        "",
+        "| model | t | top-1 | own caption's loss | mean over captions | own / mean − 1 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, rows in results.items():
+        for r in rows:
+            lines.append(f"| {model} | {r['t']} | {r['top1']:.2f} | {r['own_loss']:.5f} | {r['mean_loss']:.5f} | "
+                         f"{r['own_loss'] / r['mean_loss'] - 1:+.2%} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dv.claims.__main__ import held_out_clips, parse_model
+    from dv.sample import load_trained, recipe_video_shape
+
+    parser = argparse.ArgumentParser(prog="python -m dv.claims.captions", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", required=True, help="NAME=RECIPE,CKPT (repeat)")
+    parser.add_argument("--val-shards", required=True, help="held-out video shards (camera-pans val split)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        models = [parse_model(m) for m in args.model]
+        frames, size = recipe_video_shape(models[0][1])
+        clips = held_out_clips(args.val_shards, frames, size)
+        results = {name: probe(load_trained(recipe, ckpt), clips, seed=args.seed) for name, recipe, ckpt in models}
+    except DVError as e:
+        print(f"dv: error: {e}", file=sys.stderr)
+        return e.exit_code
+    print(probe_table(results, len(clips)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
