@@ -47,10 +47,7 @@ def caption_losses(module, clips: list[tuple[np.ndarray, str, str]], t: int, see
     noise = torch.randn(latents.shape, generator=generator, device=generator.device, dtype=latents.dtype)
     timesteps = torch.full((len(clips),), t, device=module.device)
     noisy = module.noise_scheduler.add_noise(latents, noise, timesteps)
-    if module.diffusion.prediction_type == "epsilon":
-        target = noise
-    else:
-        target = module.noise_scheduler.get_velocity(latents, noise, timesteps)
+    target = module.prediction_target(latents, noise, timesteps)
     losses = np.zeros((len(clips), len(MOTIONS)))
     for j, motion in enumerate(MOTIONS):
         captions = [caption_for(photo, motion) for _, photo, _ in clips]

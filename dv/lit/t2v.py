@@ -204,10 +204,16 @@ class T2VModule(L.LightningModule):
         t = torch.randint(0, self.diffusion.num_train_timesteps, (b,), generator=generator, device=generator.device)
         noise = torch.randn(latents.shape, generator=generator, device=generator.device, dtype=latents.dtype)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        target = noise if self.diffusion.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(latents, noise, t)
+        target = self.prediction_target(latents, noise, t)
         pred = self.denoiser(noisy, t, text, image_features)
         per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3, 4))
         return per_sample, t
+
+    def prediction_target(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the U-Net is trained to predict for latents noised with `noise` at t: ε, or v."""
+        if self.diffusion.prediction_type == "epsilon":
+            return noise
+        return self.noise_scheduler.get_velocity(latents, noise, t)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # The U-Net's temporal convs use dropout (p=0.1, as ModelScope's), which draws from the global
