@@ -31,6 +31,7 @@ from dv.data.shards import (
     TAR_MTIME,
     ClipMeta,
     ShardStats,
+    build_report,
     encode_sample,
     read_stats,
     sample_key,
@@ -149,17 +150,9 @@ class BuildSummary:
 
     def report(self) -> str:
         """A few human lines: shards, clips, skipped sources by reason, failures."""
-        lines = [
-            f"shards: {len(self.shards_written)} written, {len(self.shards_already_complete)} already complete, "
-            f"{len(self.shards_failed)} failed",
-            f"clips written: {self.clips_written} from {self.sources_seen} sources in {self.duration_s:.1f}s",
-        ]
-        if self.skipped_by_reason:
-            reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped_by_reason.items()))
-            lines.append(f"sources skipped: {sum(self.skipped_by_reason.values())} ({reasons})")
-        for name, why in sorted(self.shards_failed.items()):
-            lines.append(f"FAILED {name}: {why} (rerun the same command to redo it)")
-        return "\n".join(lines)
+        totals = f"clips written: {self.clips_written} from {self.sources_seen} sources in {self.duration_s:.1f}s"
+        return build_report("shards", len(self.shards_written), len(self.shards_already_complete), self.shards_failed,
+                            totals, self.skipped_by_reason, "sources")
 
 
 def pick_caption(captions: str | Sequence[str], source_id: str, clip_index: int) -> str:

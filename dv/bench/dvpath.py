@@ -19,7 +19,7 @@ from dv.diffusion.pipeline import VideoSampler
 from dv.diffusion.sampling import SamplerConfig
 
 
-class _SameBatch(Dataset):
+class SameBatch(Dataset):
     """The workload's CPU batch, `length` times: the loader costs nothing and the step is what is timed."""
 
     def __init__(self, batch: dict, length: int) -> None:
@@ -79,7 +79,7 @@ def fit_times(work: Workload, warmup: int, repeats: int) -> list[float]:
             default_root_dir=root,
             callbacks=[timer],
         )
-        loader = DataLoader(_SameBatch(work.batch, warmup + repeats), batch_size=None)
+        loader = DataLoader(SameBatch(work.batch, warmup + repeats), batch_size=None)
         try:
             trainer.fit(work.module, train_dataloaders=loader)
         finally:

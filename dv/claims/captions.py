@@ -34,24 +34,37 @@ def top1_rate(losses: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(lowest[np.arange(len(truth)), truth] / lowest.sum(axis=1)))
 
 
+def clips_video(module, clips: list[tuple[np.ndarray, str, str]]) -> torch.Tensor:
+    """The clips' frames as one model-range video batch on the module's device."""
+    return video_to_model(torch.from_numpy(np.stack([f for f, _, _ in clips])).to(module.device))
+
+
 @torch.no_grad()
-def caption_losses(module, clips: list[tuple[np.ndarray, str, str]], t: int, seed: int = 0) -> np.ndarray:
+def motion_conditions(module, clips: list[tuple[np.ndarray, str, str]]) -> list:
+    """For each of MOTIONS, the module's conditions (text, image) with every clip captioned with that motion."""
+    video = clips_video(module, clips)
+    return [module.batch_conditions({"caption": [caption_for(photo, motion) for _, photo, _ in clips]}, video,
+                                    drop=False, generator=None) for motion in MOTIONS]
+
+
+@torch.no_grad()
+def caption_losses(module, clips: list[tuple[np.ndarray, str, str]], t: int, seed: int = 0,
+                   conditions: list | None = None) -> np.ndarray:
     """Per-clip loss (clips × MOTIONS) of the module's prediction at timestep t under each motion's caption.
 
     `clips` are (uint8 frames (T, H, W, 3), photo, motion) as `held_out_clips` gives them; the loss is the
     module's training loss (MSE against its prediction target), with the same latent draw and noise for every caption.
+    `conditions` are `motion_conditions(module, clips)`, computed here when not given (they do not depend on t).
     """
+    conditions = conditions if conditions is not None else motion_conditions(module, clips)
     generator = torch.Generator(device=module.device).manual_seed(seed)
-    video = video_to_model(torch.from_numpy(np.stack([f for f, _, _ in clips])).to(module.device))
-    latents = module.encode_video(video, generator=generator)
+    latents = module.encode_video(clips_video(module, clips), generator=generator)
     noise = torch.randn(latents.shape, generator=generator, device=generator.device, dtype=latents.dtype)
     timesteps = torch.full((len(clips),), t, device=module.device)
     noisy = module.noise_scheduler.add_noise(latents, noise, timesteps)
     target = module.prediction_target(latents, noise, timesteps)
     losses = np.zeros((len(clips), len(MOTIONS)))
-    for j, motion in enumerate(MOTIONS):
-        captions = [caption_for(photo, motion) for _, photo, _ in clips]
-        text, image = module.batch_conditions({"caption": captions}, video, drop=False, generator=None)
+    for j, (text, image) in enumerate(conditions):
         pred = module.denoiser(noisy, timesteps, text, image)
         losses[:, j] = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3, 4)).cpu().numpy()
     return losses
@@ -60,9 +73,10 @@ def caption_losses(module, clips: list[tuple[np.ndarray, str, str]], t: int, see
 def probe(module, clips: list[tuple[np.ndarray, str, str]], timesteps=TIMESTEPS, seed: int = 0) -> list[dict]:
     """One row per timestep: the own caption's mean loss, the mean over all captions, and the top-1 rate."""
     truth = np.array([MOTIONS.index(motion) for _, _, motion in clips])
+    conditions = motion_conditions(module, clips)  # once: the captions' text and the clips' images do not depend on t
     rows = []
     for t in timesteps:
-        losses = caption_losses(module, clips, t, seed)
+        losses = caption_losses(module, clips, t, seed, conditions)
         rows.append(dict(t=t, own_loss=float(losses[np.arange(len(clips)), truth].mean()),
                          mean_loss=float(losses.mean()), top1=top1_rate(losses, truth)))
     return rows

@@ -32,6 +32,7 @@ from dv.data.shards import (
     META_KEY,
     TAR_MTIME,
     ShardStats,
+    build_report,
     count_samples,
     decode_sample,
     encode_latent_sample,
@@ -119,17 +120,9 @@ class CacheSummary:
 
     def report(self) -> str:
         """A few human lines: shards, clips, bytes, skipped clips by reason, failures."""
-        lines = [
-            f"latent shards: {len(self.shards_written)} written, {len(self.shards_already_complete)} already complete, "
-            f"{len(self.shards_failed)} failed",
-            f"clips encoded: {self.clips_written} ({self.bytes_written / 2**20:.1f} MiB) in {self.duration_s:.1f}s",
-        ]
-        if self.skipped_by_reason:
-            reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped_by_reason.items()))
-            lines.append(f"clips skipped: {sum(self.skipped_by_reason.values())} ({reasons})")
-        for name, why in sorted(self.shards_failed.items()):
-            lines.append(f"FAILED {name}: {why} (rerun the same command to redo it)")
-        return "\n".join(lines)
+        totals = f"clips encoded: {self.clips_written} ({self.bytes_written / 2**20:.1f} MiB) in {self.duration_s:.1f}s"
+        return build_report("latent shards", len(self.shards_written), len(self.shards_already_complete),
+                            self.shards_failed, totals, self.skipped_by_reason, "clips")
 
 
 class _ShardClips(IterableDataset):

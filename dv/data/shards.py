@@ -361,3 +361,20 @@ def count_samples(shards: list[str]) -> int | None:
             return None
         total += stats.samples_written
     return total
+
+
+def build_report(
+    shards: str, written: int, complete: int, failed: dict[str, str], totals: str, skipped_by_reason: dict[str, int],
+    skipped: str,
+) -> str:
+    """The summary a shard build prints: shard counts, a totals line, what was skipped by reason, each failed shard.
+
+    `shards` names the shards ("shards", "latent shards"), `skipped` what was skipped ("sources", "clips").
+    """
+    lines = [f"{shards}: {written} written, {complete} already complete, {len(failed)} failed", totals]
+    if skipped_by_reason:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped_by_reason.items()))
+        lines.append(f"{skipped} skipped: {sum(skipped_by_reason.values())} ({reasons})")
+    for name, why in sorted(failed.items()):
+        lines.append(f"FAILED {name}: {why} (rerun the same command to redo it)")
+    return "\n".join(lines)

@@ -5,11 +5,14 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
-from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 
 class TrainableEMA:
-    """EMA shadows of a fixed list of named parameters, updated with torch's foreach EMA function."""
+    """EMA shadows of a fixed list of named parameters.
+
+    The decay warms up as diffusers' `EMAModel` does by default: update n uses min(decay, (1 + n) / (10 + n)), so the
+    shadows are not held back by the random initial weights (a constant 0.99 lags a 300-step run by a third of it).
+    """
 
     def __init__(self, named_params: list[tuple[str, torch.nn.Parameter]], decay: float) -> None:
         if not 0.0 < decay < 1.0:
@@ -21,12 +24,15 @@ class TrainableEMA:
         self.shadow = [p.detach().clone() for p in self.params]
         self.decay = decay
         self.updates = 0
-        self._update = get_ema_multi_avg_fn(decay)
+
+    def current_decay(self) -> float:
+        """The decay of the next update: the configured one, warmed up over the first updates."""
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
     @torch.no_grad()
     def update(self) -> None:
-        """Move every shadow towards its parameter by (1 - decay)."""
-        self._update(self.shadow, [p.detach() for p in self.params], self.updates)
+        """Move every shadow towards its parameter by (1 - the current decay)."""
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - self.current_decay())
         self.updates += 1
 
     @contextmanager

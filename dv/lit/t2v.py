@@ -8,6 +8,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
+from diffusers.training_utils import compute_snr
 
 from dv import __version__
 from dv.data.latents import cached_video, check_identity
@@ -34,6 +35,10 @@ class DiffusionConfig:
     beta_end: float = 0.012
     loss_buckets: int = 4
     """The loss is also logged per timestep bucket: this many equal ranges of t."""
+    snr_gamma: float | None = None
+    """Min-SNR-γ weighting of the training loss (Hang et al. 2023): a sample's x0 error counts min(SNR(t), γ) times,
+    so the easy low-noise timesteps no longer dominate; None trains on the plain MSE. 5 is the paper's γ.
+    Validation and test losses stay unweighted, so they compare across settings."""
 
 
 @dataclass
@@ -80,6 +85,8 @@ class T2VModule(L.LightningModule):
             raise ConfigError(f"model.trainable must be 'temporal' or 'all', not {trainable!r}")
         if diffusion.prediction_type not in ("epsilon", "v_prediction"):
             raise ConfigError(f"diffusion.prediction_type must be 'epsilon' or 'v_prediction', not {diffusion.prediction_type!r}")
+        if diffusion.snr_gamma is not None and not diffusion.snr_gamma > 0:
+            raise ConfigError(f"diffusion.snr_gamma must be > 0 (or null for no weighting), not {diffusion.snr_gamma}")
         for name, p in (("p_drop_text", p_drop_text),):
             if not 0.0 <= p <= 1.0:
                 raise ConfigError(f"model.{name} must be in [0, 1], not {p}")
@@ -209,6 +216,20 @@ class T2VModule(L.LightningModule):
         per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3, 4))
         return per_sample, t
 
+    def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-sample training-loss weights at timesteps t: Min-SNR-γ (ones without `diffusion.snr_gamma`).
+
+        Hang et al. 2023's weights: min(SNR, γ) / SNR for ε and min(SNR, γ) / (SNR + 1) for v, whose losses are SNR and
+        SNR + 1 times the x0 error, so either way the x0 error counts min(SNR, γ) times. (diffusers' scripts take
+        min(SNR + 1, γ) for v, which keeps more weight on the noisiest timesteps.)
+        """
+        gamma = self.diffusion.snr_gamma
+        if gamma is None:
+            return torch.ones(t.shape, device=t.device)
+        snr = compute_snr(self.noise_scheduler, t)
+        per_x0_error = snr if self.diffusion.prediction_type == "epsilon" else snr + 1
+        return snr.clamp(max=gamma) / per_x0_error
+
     def prediction_target(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """What the U-Net is trained to predict for latents noised with `noise` at t: ε, or v."""
         if self.diffusion.prediction_type == "epsilon":
@@ -220,7 +241,7 @@ class T2VModule(L.LightningModule):
         # RNG: seeding it per step makes a resumed run draw the masks the uninterrupted run draws.
         torch.manual_seed(self.step_seed(self.global_step, batch_idx, 1))
         per_sample, t = self.diffusion_loss(batch, self.step_generator(self.global_step, batch_idx), drop=True)
-        loss = per_sample.mean()
+        loss = (per_sample * self.loss_weights(t)).mean()
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"the training loss is {loss.item()} at step {self.global_step}; lower optim.lr or check the data "

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dv.bench.dvpath import _SameBatch
+from dv.bench.dvpath import SameBatch
 from dv.bench.workload import synthetic_batch
 from dv.diffusion.pipeline import VideoSampler
 from dv.diffusion.sampling import SamplerConfig
@@ -23,7 +23,7 @@ def fit(module, steps: int, clip: float | None) -> None:
     trainer = L.Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=steps, gradient_clip_val=clip,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0)
-    trainer.fit(module, DataLoader(_SameBatch(synthetic_batch(2, 4, 16), steps), batch_size=None))
+    trainer.fit(module, DataLoader(SameBatch(synthetic_batch(2, 4, 16), steps), batch_size=None))
 
 
 @pytest.mark.parametrize("clip", [1.0, None])

@@ -126,6 +126,7 @@ def test_make_demo_end_to_end(tmp_path, pans_shards):
     assert (runs / "demo" / "sample.png").is_file() and (runs / "demo" / "sample.gif").is_file()
     table = (runs / "demo" / "latest" / "results.md").read_text()
     assert "ti2v" in table and "zero_shot" in table and "FFF_SSIM" in table
+    assert "| pure noise |" in result.stdout, "make demo prints where sampling loses the clip"
     assert "tensorboard --logdir" in result.stdout
 
 

@@ -1,0 +1,128 @@
+"""Where along the DDIM trajectory a trained model loses the clip: noise held-out clips to a timestep, sample back.
+
+Started near t = 0, a model that denoises at all returns the clip; started at the schedule's top, from pure noise, it
+samples. The first start from which the result no longer resembles the clip (its error against the clip, and its
+pixel-to-pixel energy against the clip's own, which grows where noise is left in place) is the noise level that more
+training has to reach. No guidance: the conditional model alone, with the clips' captions (and first frames).
+
+    python -m dv.diffusion.trajectory --recipe runs/demo-t2v/latest/config.yaml \
+        --ckpt runs/demo-t2v/latest/checkpoints/last.ckpt --shards 'data/shards/camera-pans/val-*.tar'
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from dv.diffusion.sampling import ddim_scheduler
+from dv.errors import DVError
+
+STARTS = (100, 300, 500, 700, 900, None)
+"""Timesteps the clips are noised to before sampling back; None is pure noise (an ordinary sample)."""
+
+
+@dataclass
+class TrajectoryRow:
+    start: int | None
+    """The first DDIM timestep sampled from (None: pure noise)."""
+    first_t: int
+    error: float
+    """Mean squared error of the result against the clips, in model range [-1, 1]."""
+    energy_ratio: float
+    """The result's pixel-to-pixel energy over the clips' own (1 = as much fine detail as the clips)."""
+
+
+def pixel_energy(video: torch.Tensor) -> float:
+    """Mean squared difference between horizontally and vertically neighbouring pixels of (B, C, T, H, W)."""
+    video = video.float()
+    across = (video[..., 1:] - video[..., :-1]).pow(2).mean()
+    down = (video[..., 1:, :] - video[..., :-1, :]).pow(2).mean()
+    return float(across + down)
+
+
+@torch.no_grad()
+def sample_back(module, video: torch.Tensor, captions: list[str], start: int | None, steps: int, seed: int = 0):
+    """The clips (B, C, T, H, W) in [-1, 1] noised to `start` and DDIM-sampled back to t = 0; and the first timestep."""
+    text, image = module.batch_conditions({"caption": captions}, video, drop=False, generator=None)
+    latents = module.encode_video(video)
+    scheduler = ddim_scheduler(module.noise_scheduler)
+    scheduler.set_timesteps(steps)
+    timesteps = [int(t) for t in scheduler.timesteps if start is None or int(t) <= start]
+    if not timesteps:
+        raise ValueError(f"no DDIM timestep of {steps} steps is at or below {start}")
+    generator = torch.Generator(device=latents.device).manual_seed(seed)
+    noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+    if start is None:
+        x = noise * scheduler.init_noise_sigma
+    else:
+        x = module.noise_scheduler.add_noise(latents, noise, torch.tensor([timesteps[0]], device=latents.device))
+    for t in timesteps:
+        pred = module.denoiser(x, torch.full((x.shape[0],), t, device=x.device), text, image)
+        x = scheduler.step(pred, t, x).prev_sample
+    return module.backbone.autoencoder.decode(x).clamp(-1, 1), timesteps[0]
+
+
+def trajectory_table(module, video: torch.Tensor, captions: list[str], starts=STARTS, steps: int = 25,
+                     seed: int = 0) -> list[TrajectoryRow]:
+    """One row per start: how close the sampled-back result is to the clips, and how much fine detail it has."""
+    clip_energy = pixel_energy(video)
+    rows = []
+    for start in starts:
+        result, first_t = sample_back(module, video, captions, start, steps, seed)
+        rows.append(TrajectoryRow(start, first_t, float((result - video).pow(2).mean()), pixel_energy(result) / clip_energy))
+    return rows
+
+
+def format_table(rows: list[TrajectoryRow], clips: int, steps: int) -> str:
+    """Markdown table of `trajectory_table`'s rows."""
+    lines = [f"{clips} held-out clips noised to t and sampled back with {steps}-step DDIM, no guidance.", "",
+             "| from t | error vs clip | pixel energy / clip's |", "|---|---|---|"]
+    for r in rows:
+        start = "pure noise" if r.start is None else str(r.first_t)
+        lines.append(f"| {start} | {r.error:.3f} | {r.energy_ratio:.2f}× |")
+    return "\n".join(lines)
+
+
+def first_clips(pattern: str, frames: int, size: int, count: int) -> tuple[torch.Tensor, list[str]]:
+    """The first `count` clips of the shards, as a model-range video batch, and their captions."""
+    from dv.data.datamodule import VideoDataModule
+    from dv.models.conditions import video_to_model
+
+    data = VideoDataModule(train_shards=pattern, val_shards=pattern, batch_size=count, num_workers=0,
+                           num_frames=frames, frame_size=size)
+    data.setup("validate")
+    batch = next(iter(data.val_dataloader()), None)
+    if batch is None:
+        raise DVError(f"no clips in {pattern!r}")
+    return video_to_model(batch["video"]), list(batch["caption"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dv.sample import load_trained, recipe_video_shape
+
+    parser = argparse.ArgumentParser(prog="python -m dv.diffusion.trajectory", description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", required=True, help="the recipe the checkpoint was trained with")
+    parser.add_argument("--ckpt", required=True, help="a dv checkpoint (.ckpt) or export (.safetensors)")
+    parser.add_argument("--shards", required=True, help="held-out video shards")
+    parser.add_argument("--clips", type=int, default=8, help="how many clips of the shards")
+    parser.add_argument("--steps", type=int, default=25, help="DDIM steps over the whole schedule")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-ema", action="store_true", help="the raw trained weights even when an EMA was kept")
+    args = parser.parse_args(argv)
+    try:
+        frames, size = recipe_video_shape(args.recipe)
+        video, captions = first_clips(args.shards, frames, size, args.clips)
+        module = load_trained(args.recipe, args.ckpt, use_ema=not args.no_ema)
+        rows = trajectory_table(module, video, captions, steps=args.steps, seed=args.seed)
+    except DVError as e:
+        print(f"dv: error: {e}", file=sys.stderr)
+        return e.exit_code
+    print(format_table(rows, len(captions), args.steps))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
