@@ -136,7 +136,8 @@ def one_process_first_step(recipe: Path):
         # in training_step's order (dropout masks from the global RNG, then conditions, t and noise).
         module._trainer = SimpleNamespace(global_rank=rank)
         torch.manual_seed(module.step_seed(0, 0, 1))
-        per_sample.append(module.diffusion_loss(batch, module.step_generator(0, 0), drop=True)[0])
+        losses, t = module.diffusion_loss(batch, module.step_generator(0, 0), drop=True)
+        per_sample.append(losses * module.loss_weights(t))  # training_step's loss (Min-SNR weights, where the recipe has them)
     module._trainer = None
     torch.cat(per_sample).mean().backward()  # equal per-rank batches: the mean of the ranks' means
     named = module.trainable_parameters()
