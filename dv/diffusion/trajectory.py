@@ -44,10 +44,12 @@ def pixel_energy(video: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def sample_back(module, video: torch.Tensor, captions: list[str], start: int | None, steps: int, seed: int = 0):
-    """The clips (B, C, T, H, W) in [-1, 1] noised to `start` and DDIM-sampled back to t = 0; and the first timestep."""
-    text, image = module.batch_conditions({"caption": captions}, video, drop=False, generator=None)
-    latents = module.encode_video(video)
+def sample_back(module, latents: torch.Tensor, conditions: tuple, start: int | None, steps: int, seed: int = 0):
+    """Clean latents noised to `start` and DDIM-sampled back to t = 0, decoded to [-1, 1]; and the first timestep.
+
+    `conditions` are the module's (text, image) for the clips, as `batch_conditions` gives them.
+    """
+    text, image = conditions
     scheduler = ddim_scheduler(module.noise_scheduler)
     scheduler.set_timesteps(steps)
     timesteps = [int(t) for t in scheduler.timesteps if start is None or int(t) <= start]
@@ -65,13 +67,17 @@ def sample_back(module, video: torch.Tensor, captions: list[str], start: int | N
     return module.backbone.autoencoder.decode(x).clamp(-1, 1), timesteps[0]
 
 
+@torch.no_grad()
 def trajectory_table(module, video: torch.Tensor, captions: list[str], starts=STARTS, steps: int = 25,
                      seed: int = 0) -> list[TrajectoryRow]:
-    """One row per start: how close the sampled-back result is to the clips, and how much fine detail it has."""
+    """One row per start: how close the sampled-back result is to the clips (B, C, T, H, W in [-1, 1]), and how much
+    fine detail it has. The clips are encoded and their conditions computed once, for every start."""
+    latents = module.encode_video(video)
+    conditions = module.batch_conditions({"caption": captions}, video, drop=False, generator=None)
     clip_energy = pixel_energy(video)
     rows = []
     for start in starts:
-        result, first_t = sample_back(module, video, captions, start, steps, seed)
+        result, first_t = sample_back(module, latents, conditions, start, steps, seed)
         rows.append(TrajectoryRow(start, first_t, float((result - video).pow(2).mean()), pixel_energy(result) / clip_energy))
     return rows
 

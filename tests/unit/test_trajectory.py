@@ -18,16 +18,22 @@ def test_pixel_energy_of_flat_and_checkerboard_frames():
     assert pixel_energy(checker.expand(1, 3, 2, 4, 4)) == pytest.approx(4.0 + 4.0)
 
 
+def latents_and_conditions(module, batch):
+    """The clips in model range, their latents and the module's (text, image) conditions."""
+    video = video_to_model(batch["video"])
+    conditions = module.batch_conditions({"caption": batch["caption"]}, video, drop=False, generator=None)
+    return video, module.encode_video(video), conditions
+
+
 @pytest.mark.parametrize("make", [tiny_t2v, tiny_dreamvideo])
 def test_a_start_near_zero_returns_the_clip_and_pure_noise_does_not(make):
     module = make().eval()
-    batch = make_batch(2, 4, 16)
-    video = video_to_model(batch["video"])
-    near, first = sample_back(module, video, batch["caption"], start=1, steps=25)
+    video, latents, conditions = latents_and_conditions(module, make_batch(2, 4, 16))
+    near, first = sample_back(module, latents, conditions, start=1, steps=25)
     assert first == 1 and near.shape == video.shape
     # At t = 1 the noise is 3% of the signal: even an untrained model's step leaves the clip almost as it was.
     assert (near - video).pow(2).mean() < 0.01
-    sampled, first = sample_back(module, video, batch["caption"], start=None, steps=25)
+    sampled, first = sample_back(module, latents, conditions, start=None, steps=25)
     assert first == 961, "pure noise starts at the top of the 25 leading timesteps"
     assert (sampled - video).pow(2).mean() > 0.1
 
@@ -42,4 +48,4 @@ def test_table_has_one_row_per_start_and_is_seeded():
     again = trajectory_table(module, video, batch["caption"], steps=5, seed=3)
     assert [r.error for r in rows] == [r.error for r in again]
     with pytest.raises(ValueError, match="no DDIM timestep"):
-        sample_back(module, video, batch["caption"], start=0, steps=5)
+        sample_back(module, module.encode_video(video), (None, None), start=0, steps=5)
