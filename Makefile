@@ -37,6 +37,7 @@ latents: shards
 # The CPU demo: shards, a tiny T2V backbone (stage 1), then DreamVideo on it (stage 2).
 # FIT_ARGS passes LightningCLI overrides to both stages (e.g. FIT_ARGS=--trainer.max_steps=10).
 FIT_ARGS ?=
+# The sampled photo is held out; its reference is the centred window at the scale the training clips show photos.
 DEMO_PHOTO ?= rocket
 DEMO_PROMPT ?= the camera pans left over a photo of a rocket on a launch pad
 DEMO_DATA = --data.init_args.train_shards="$(SHARDS)/train-*.tar" --data.init_args.val_shards="$(SHARDS)/val-*.tar" \
@@ -54,7 +55,7 @@ demo: shards
 	$(PY) -m dv.diffusion.trajectory --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/latest/checkpoints/last.ckpt \
 		--shards "$(SHARDS)/val-*.tar"
 	$(DV) info --recipe recipes/demo.yaml
-	$(PY) -c "from PIL import Image; from data_prep.camera_pans import load_photo; Image.fromarray(load_photo('$(DEMO_PHOTO)')).save('$(RUNS)/demo/$(DEMO_PHOTO).png')"
+	$(PY) -c "from PIL import Image; from data_prep.camera_pans import reference_view; Image.fromarray(reference_view('$(DEMO_PHOTO)', 256)).save('$(RUNS)/demo/$(DEMO_PHOTO).png')"
 	$(DV) sample --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/export.safetensors \
 		--image $(RUNS)/demo/$(DEMO_PHOTO).png --prompt "$(DEMO_PROMPT)" --steps 25 --guidance-text 3 --guidance-image 1.5 \
 		--gif --strip --out $(RUNS)/demo/sample.mp4

@@ -124,6 +124,13 @@ def test_make_demo_end_to_end(tmp_path, pans_shards):
     video = decode_mp4((runs / "demo" / "sample.mp4").read_bytes())
     assert video.shape == (8, 32, 32, 3), "the demo recipe samples 8 frames of 32×32"
     assert (runs / "demo" / "sample.png").is_file() and (runs / "demo" / "sample.gif").is_file()
+    import numpy as np
+    from PIL import Image
+
+    from data_prep.camera_pans import reference_view
+
+    reference = np.asarray(Image.open(runs / "demo" / "rocket.png"))
+    assert np.array_equal(reference, reference_view("rocket", 256)), "the demo samples the held-out photo at the clips' scale"
     table = (runs / "demo" / "latest" / "results.md").read_text()
     assert "ti2v" in table and "zero_shot" in table and "FFF_SSIM" in table
     assert "| pure noise |" in result.stdout, "make demo prints where sampling loses the clip"
