@@ -53,11 +53,11 @@ demo: shards
 		--out $(RUNS)/demo/export.safetensors
 	$(DV) validate --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/latest/checkpoints/last.ckpt
 	$(PY) -m dv.diffusion.trajectory --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/latest/checkpoints/last.ckpt \
-		--shards "$(SHARDS)/val-*.tar"
+		--shards "$(SHARDS)/val-*.tar" --clips 4
 	$(DV) info --recipe recipes/demo.yaml
 	$(PY) -c "from PIL import Image; from data_prep.camera_pans import reference_view; Image.fromarray(reference_view('$(DEMO_PHOTO)', 256)).save('$(RUNS)/demo/$(DEMO_PHOTO).png')"
 	$(DV) sample --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/export.safetensors \
-		--image $(RUNS)/demo/$(DEMO_PHOTO).png --prompt "$(DEMO_PROMPT)" --steps 25 --guidance-text 3 --guidance-image 1.5 \
+		--image $(RUNS)/demo/$(DEMO_PHOTO).png --prompt "$(DEMO_PROMPT)" --steps 25 --guidance-text 3 --guidance-image 3 \
 		--gif --strip --out $(RUNS)/demo/sample.mp4
 	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir $(RUNS)"
 
