@@ -53,7 +53,7 @@ demo: shards
 		--out $(RUNS)/demo/export.safetensors
 	$(DV) validate --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/latest/checkpoints/last.ckpt
 	$(PY) -m dv.diffusion.trajectory --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/latest/checkpoints/last.ckpt \
-		--shards "$(SHARDS)/val-*.tar" --clips 4
+		--shards "$(SHARDS)/val-*.tar" --clips 4 --steps 10
 	$(DV) info --recipe recipes/demo.yaml
 	$(PY) -c "from PIL import Image; from data_prep.camera_pans import reference_view; Image.fromarray(reference_view('$(DEMO_PHOTO)', 256)).save('$(RUNS)/demo/$(DEMO_PHOTO).png')"
 	$(DV) sample --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/export.safetensors \
