@@ -43,6 +43,55 @@ def held_out_clips(pattern: str, frames: int, size: int) -> list[tuple[np.ndarra
             for batch in data.val_dataloader() for v, m in zip(batch["video"], batch["meta"])]
 
 
+def sample_share(models: list[tuple[str, str, str]], config: ClaimsConfig, share: tuple[int, int], threads: int,
+                 real: list[tuple[np.ndarray, str, str]]) -> dict:
+    """One process's part of the experiment: its share of every setting's videos, and the caption probe of every
+    n-th model. Runs in a worker process when --jobs > 1 (its own `threads` CPU threads)."""
+    from dv.sample import load_trained
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)  # anything left to the global generator draws the same in every process
+    k, n = share
+    run = ClaimsRun(config, progress=k == 0, share=share)
+    probes = {}
+    for i, (name, recipe, ckpt) in enumerate(models):
+        module = load_trained(recipe, ckpt)
+        if i % n == k:
+            probes[name] = caption_probe(module, real)
+        run.run_model(name, module)
+    return dict(rows=run.rows, batches=run.batches, videos=run.videos, probes=probes)
+
+
+def sample_all(models: list[tuple[str, str, str]], config: ClaimsConfig, jobs: int,
+               real: list[tuple[np.ndarray, str, str]]) -> tuple[ClaimsRun, dict[str, list[dict]]]:
+    """Every model's videos and caption probe, split over `jobs` processes that share the CPU threads.
+
+    Every video has its own seed, so the split does not change which videos are made. On a CPU, small kernels
+    scale poorly across threads: two one-thread processes sample more videos per second than one with two.
+    """
+    run = ClaimsRun(config)
+    run.ground_truth_rows(real)
+    threads = torch.get_num_threads()
+    if jobs == 1:
+        parts = [sample_share(models, config, (0, 1), threads, real)]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(sample_share, models, config, (k, jobs), max(1, threads // jobs), real)
+                       for k in range(jobs)]
+            parts = [f.result() for f in futures]
+    probes = {}
+    for part in parts:
+        run.rows += part["rows"]
+        run.videos.update(part["videos"])
+        probes.update(part["probes"])
+        for key, frames in part["batches"].items():
+            run.batches[key] = np.concatenate([run.batches[key], frames]) if key in run.batches else frames
+    return run, {name: probes[name] for name, _, _ in models}
+
+
 def fvd_lines(run: ClaimsRun, i3d: str | None, real: list[np.ndarray], main: tuple[float, float]) -> list[str]:
     """FVD of each model's main setting against the held-out clips, or why it is not measured."""
     if i3d is None:
@@ -102,28 +151,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(ClaimsConfig.seeds))
     parser.add_argument("--steps", type=int, default=ClaimsConfig.steps)
     parser.add_argument("--i3d", default=None, help="i3d_torchscript.pt for FVD (left out: FVD is not measured)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="processes that share the sampling (each gets threads / jobs CPU threads)")
     parser.add_argument("--quick", action="store_true", help="one guidance setting per model, one chain pair (tests)")
     args = parser.parse_args(argv)
     started = time.time()
     command = "python -m dv.claims " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
-        from dv.sample import load_trained, recipe_video_shape
+        from dv.sample import recipe_video_shape
 
+        if args.jobs < 1:
+            raise ConfigError(f"--jobs must be at least 1, not {args.jobs}")
         models = [parse_model(m) for m in args.model]
         frames, size = recipe_video_shape(models[0][1])
         config = ClaimsConfig(seeds=tuple(args.seeds), steps=args.steps, num_frames=frames, frame_size=size)
         if args.quick:
             config.grid_s_text, config.grid_s_image = (config.s_text,), (config.s_image,)
             config.chain_pairs = config.chain_pairs[:1]
-        run = ClaimsRun(config)
         real = held_out_clips(args.val_shards, frames, size)
-        run.ground_truth_rows(real)
-        torch.manual_seed(0)
-        caption_rows = {}
-        for name, recipe, ckpt in models:
-            module = load_trained(recipe, ckpt)
-            caption_rows[name] = caption_probe(module, real)
-            run.run_model(name, module)
+        run, caption_rows = sample_all(models, config, args.jobs, real)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         fvd = fvd_lines(run, args.i3d, [f for f, _, _ in real], (config.s_text, config.s_image))

@@ -70,9 +70,11 @@ def first_frame_scores(videos: np.ndarray, references: np.ndarray) -> tuple[np.n
 class ClaimsRun:
     """Samples the models and collects one scored row per video."""
 
-    def __init__(self, config: ClaimsConfig, progress: bool = True) -> None:
+    def __init__(self, config: ClaimsConfig, progress: bool = True, share: tuple[int, int] = (0, 1)) -> None:
         self.config = config
         self.progress = progress
+        self.share = share
+        """(k, n): this run makes every n-th video of each setting from the k-th on, so n processes split the work."""
         self.rows: list[dict] = []
         self.videos: dict[tuple, np.ndarray] = {}
         self.batches: dict[tuple, np.ndarray] = {}
@@ -82,9 +84,14 @@ class ClaimsRun:
         """(mode, s_text, s_image) whose videos the figure shows: the main setting of the model being sampled."""
 
     # ---- what is asked ------------------------------------------------------------------------------------------
+    def mine(self, jobs: list) -> list:
+        """This run's share of a fixed-order list of videos."""
+        k, n = self.share
+        return jobs[k::n]
+
     def requests(self) -> list[tuple[str, str, int]]:
-        """(photo, motion, seed) of every video of one setting, in a fixed order."""
-        return list(itertools.product(self.config.photos, MOTIONS, self.config.seeds))
+        """(photo, motion, seed) of this run's videos of one setting, in a fixed order."""
+        return self.mine(list(itertools.product(self.config.photos, MOTIONS, self.config.seeds)))
 
     def reference_batch(self, requests) -> torch.Tensor:
         """Reference images (B, 3, H, W) in [-1, 1] for the requests."""
@@ -131,7 +138,7 @@ class ClaimsRun:
         """Two-stage videos with two different motion captions; one row per stage plus the seam statistics."""
         config = SamplerConfig(steps=self.config.steps, s_text=self.config.s_text, s_image=self.config.s_image)
         t = self.config.num_frames
-        jobs = list(itertools.product(self.config.photos, self.config.chain_pairs, self.config.seeds))
+        jobs = self.mine(list(itertools.product(self.config.photos, self.config.chain_pairs, self.config.seeds)))
         stage_captions = [[caption_for(p, pair[k]) for p, pair, _ in jobs] for k in (0, 1)]
         images = self.reference_batch([(p, None, s) for p, _, s in jobs])
         videos, _ = self.sampler(module).chained_batch(stage_captions, images, config, [s for _, _, s in jobs], progress=False)

@@ -66,6 +66,12 @@ def test_resume_continues_exactly(tmp_path, pans_shards):
         torch.testing.assert_close(opt_a[i]["exp_avg_sq"], opt_b[i]["exp_avg_sq"], rtol=1e-4, atol=1e-9)
 
 
+def test_last_checkpoint_is_the_final_step(tmp_path, pans_shards):
+    """3 steps with a save every 2: Lightning alone leaves last.ckpt at step 2."""
+    fit(tiny_recipe(tmp_path, pans_shards, "odd", max_steps=3))
+    assert load(tmp_path / "runs" / "odd" / "latest" / "checkpoints" / "last.ckpt")["global_step"] == 3
+
+
 def test_checkpoint_holds_only_trainable_weights_and_exports(tmp_path, pans_shards):
     recipe = tiny_recipe(tmp_path, pans_shards, "t2v", max_steps=2)
     fit(recipe)

@@ -7,8 +7,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 from jsonargparse import ArgumentParser
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from dv.callbacks import ModelCheckpoint as FinalStepCheckpoint
 from dv.recipe import build_datamodule, build_model, load_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
@@ -28,3 +29,5 @@ def test_recipe_builds(path):
     parser.add_argument("--callbacks", type=list[Callback])
     callbacks = parser.instantiate(parser.parse_object({"callbacks": recipe["trainer"].get("callbacks", [])})).callbacks
     assert all(isinstance(c, Callback) for c in callbacks)
+    checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+    assert all(isinstance(c, FinalStepCheckpoint) for c in checkpoints), "last.ckpt must hold the final step"
