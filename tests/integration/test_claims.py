@@ -63,7 +63,6 @@ def test_claims_pipeline_writes_every_table(tmp_path, pans_shards):
     figure = Image.open(out / "claims.png")
     assert figure.width > 4 * 16 and figure.height > 6 * 16
 
-
     # Two processes split the videos; every video keeps its seed, so they make the same rows and probe. Half the
     # batch can round differently in the last float bits (seen in the DynamiCrafter-style model: 4e-4
     # of a PSNR, and a few motion labels of near-still videos flipped); another seed would change a video entirely.
