@@ -21,8 +21,9 @@ from dv.claims.motion import MOTIONS
 from dv.errors import DVError
 from dv.models.conditions import video_to_model
 
-TIMESTEPS = (200, 500, 800)
-"""Where the caption is probed: low, middle and high noise."""
+TIMESTEPS = (200, 500, 800, 950)
+"""Where the caption is probed: low, middle, high and nearly pure noise (sampling's first DDIM step, t = 901 at
+10 steps, is where a video's layout and motion are decided)."""
 
 
 def top1_rate(losses: np.ndarray, truth: np.ndarray) -> float:
@@ -106,12 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", action="append", required=True, help="NAME=RECIPE,CKPT (repeat)")
     parser.add_argument("--val-shards", required=True, help="held-out video shards (camera-pans val split)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timesteps", type=int, nargs="+", default=list(TIMESTEPS), help="training timesteps to probe at")
     args = parser.parse_args(argv)
     try:
         models = [parse_model(m) for m in args.model]
         frames, size = recipe_video_shape(models[0][1])
         clips = held_out_clips(args.val_shards, frames, size)
-        results = {name: probe(load_trained(recipe, ckpt), clips, seed=args.seed) for name, recipe, ckpt in models}
+        results = {name: probe(load_trained(recipe, ckpt), clips, args.timesteps, seed=args.seed) for name, recipe, ckpt in models}
     except DVError as e:
         print(f"dv: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -39,6 +39,10 @@ class DiffusionConfig:
     """Min-SNR-γ weighting of the training loss (Hang et al. 2023): a sample's x0 error counts min(SNR(t), γ) times,
     so the easy low-noise timesteps no longer dominate; None trains on the plain MSE. 5 is the paper's γ.
     Validation and test losses stay unweighted, so they compare across settings."""
+    snr_weighting: str = "hang"
+    """How Min-SNR-γ weighs a v-prediction loss: 'hang' (the paper: the x0 error counts min(SNR, γ) times, so the
+    noisiest timesteps, SNR → 0, count almost nothing) or 'diffusers' (diffusers' training scripts: min(SNR + 1, γ),
+    so every timestep with SNR + 1 < γ keeps its full v loss). The two agree for ε-prediction."""
 
 
 @dataclass
@@ -87,6 +91,8 @@ class T2VModule(L.LightningModule):
             raise ConfigError(f"diffusion.prediction_type must be 'epsilon' or 'v_prediction', not {diffusion.prediction_type!r}")
         if diffusion.snr_gamma is not None and not diffusion.snr_gamma > 0:
             raise ConfigError(f"diffusion.snr_gamma must be > 0 (or null for no weighting), not {diffusion.snr_gamma}")
+        if diffusion.snr_weighting not in ("hang", "diffusers"):
+            raise ConfigError(f"diffusion.snr_weighting must be 'hang' or 'diffusers', not {diffusion.snr_weighting!r}")
         for name, p in (("p_drop_text", p_drop_text),):
             if not 0.0 <= p <= 1.0:
                 raise ConfigError(f"model.{name} must be in [0, 1], not {p}")
@@ -220,15 +226,18 @@ class T2VModule(L.LightningModule):
         """Per-sample training-loss weights at timesteps t: Min-SNR-γ (ones without `diffusion.snr_gamma`).
 
         Hang et al. 2023's weights: min(SNR, γ) / SNR for ε and min(SNR, γ) / (SNR + 1) for v, whose losses are SNR and
-        SNR + 1 times the x0 error, so either way the x0 error counts min(SNR, γ) times. (diffusers' scripts take
-        min(SNR + 1, γ) for v, which keeps more weight on the noisiest timesteps.)
+        SNR + 1 times the x0 error, so either way the x0 error counts min(SNR, γ) times. With
+        `diffusion.snr_weighting: diffusers` a v loss is weighed min(SNR + 1, γ) / (SNR + 1), as diffusers' training
+        scripts do: the noisiest timesteps, where a sample's layout and motion are decided, keep their full loss.
         """
         gamma = self.diffusion.snr_gamma
         if gamma is None:
             return torch.ones(t.shape, device=t.device)
         snr = compute_snr(self.noise_scheduler, t)
-        per_x0_error = snr if self.diffusion.prediction_type == "epsilon" else snr + 1
-        return snr.clamp(max=gamma) / per_x0_error
+        if self.diffusion.prediction_type == "epsilon":
+            return snr.clamp(max=gamma) / snr
+        counted = snr if self.diffusion.snr_weighting == "hang" else snr + 1
+        return counted.clamp(max=gamma) / (snr + 1)
 
     def prediction_target(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """What the U-Net is trained to predict for latents noised with `noise` at t: ε, or v."""

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from dv.claims.__main__ import main as claims_main
+from dv.claims.captions import TIMESTEPS
 from dv.cli import main as dv_main
 from tests.integration.test_fit import fit, tiny_recipe
 
@@ -46,7 +47,7 @@ def test_claims_pipeline_writes_every_table(tmp_path, pans_shards):
     assert "| DreamVideo | text + image |" in text and "| DynamiCrafter | text + image |" in text
     assert "Condition ablation (DynamiCrafter)" in text
     probe_rows = probe_lines(text)
-    assert len(probe_rows) == 3 * 3  # the caption probe: three models × three timesteps
+    assert len(probe_rows) == 3 * len(TIMESTEPS)  # the caption probe: three models × its timesteps
     assert all(0.0 <= float(r.split("|")[3]) <= 1.0 for r in probe_rows)
     rows = json.loads((out / "rows.json").read_text())
     made = {(r["model"], r["mode"]) for r in rows}

@@ -31,6 +31,20 @@ def test_min_snr_weights_follow_the_closed_form(prediction_type):
     assert torch.equal(plain.loss_weights(t), torch.ones(5))
 
 
+def test_diffusers_weighting_keeps_the_noisiest_v_losses_whole():
+    t = torch.tensor([0, 50, 200, 500, 800, 999])
+    m = T2VModule(diffusion=DiffusionConfig(prediction_type="v_prediction", snr_gamma=5.0, snr_weighting="diffusers"))
+    snr = closed_form_snr(m, t)
+    # diffusers' train_text_to_image: min(SNR + 1, γ) / (SNR + 1) for a v loss.
+    expected = torch.minimum(snr + 1, torch.full_like(snr, 5.0)) / (snr + 1)
+    torch.testing.assert_close(m.loss_weights(t).double(), expected, rtol=1e-5, atol=0)
+    assert torch.equal(m.loss_weights(t[-2:]), torch.ones(2)), "SNR + 1 < γ: the full v loss"
+    hang = T2VModule(diffusion=DiffusionConfig(prediction_type="v_prediction", snr_gamma=5.0))
+    assert hang.loss_weights(t[-1:]) < 0.01, "Hang et al.'s v weight vanishes as SNR → 0"
+    eps = {w: T2VModule(diffusion=DiffusionConfig(snr_gamma=5.0, snr_weighting=w)).loss_weights(t) for w in ("hang", "diffusers")}
+    assert torch.equal(eps["hang"], eps["diffusers"]), "the two agree for ε"
+
+
 def test_training_step_minimises_the_weighted_loss():
     m = tiny_t2v(diffusion=DiffusionConfig(prediction_type="v_prediction", snr_gamma=1.5)).train()
     batch = make_batch()
@@ -46,3 +60,5 @@ def test_training_step_minimises_the_weighted_loss():
 def test_bad_noise_settings_are_config_errors():
     with pytest.raises(ConfigError, match="snr_gamma"):
         T2VModule(backbone=tiny_backbone(), diffusion=DiffusionConfig(snr_gamma=0.0))
+    with pytest.raises(ConfigError, match="snr_weighting"):
+        T2VModule(backbone=tiny_backbone(), diffusion=DiffusionConfig(snr_gamma=5.0, snr_weighting="min"))
