@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dv.claims.captions import probe as caption_probe
 from dv.claims.captions import probe_table
 from dv.claims.experiment import ClaimsConfig, ClaimsRun
+from dv.claims.jobs import sample_all
 from dv.claims.report import (CHANCE, ablation_table, chained_table, comparison_table, confusion_table, figure,
                               guidance_table, spread, per_seed, accuracy)
 from dv.errors import ConfigError, DVError
@@ -41,55 +41,6 @@ def held_out_clips(pattern: str, frames: int, size: int) -> list[tuple[np.ndarra
     data.setup("validate")
     return [(v.numpy(), m["extra"]["photo"], m["extra"]["move"])
             for batch in data.val_dataloader() for v, m in zip(batch["video"], batch["meta"])]
-
-
-def sample_share(models: list[tuple[str, str, str]], config: ClaimsConfig, share: tuple[int, int], threads: int,
-                 real: list[tuple[np.ndarray, str, str]]) -> dict:
-    """One process's part of the experiment: its share of every setting's videos, and the caption probe of every
-    n-th model. Runs in a worker process when --jobs > 1 (its own `threads` CPU threads)."""
-    from dv.sample import load_trained
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)  # anything left to the global generator draws the same in every process
-    k, n = share
-    run = ClaimsRun(config, progress=k == 0, share=share)
-    probes = {}
-    for i, (name, recipe, ckpt) in enumerate(models):
-        module = load_trained(recipe, ckpt)
-        if i % n == k:
-            probes[name] = caption_probe(module, real)
-        run.run_model(name, module)
-    return dict(rows=run.rows, batches=run.batches, videos=run.videos, probes=probes)
-
-
-def sample_all(models: list[tuple[str, str, str]], config: ClaimsConfig, jobs: int,
-               real: list[tuple[np.ndarray, str, str]]) -> tuple[ClaimsRun, dict[str, list[dict]]]:
-    """Every model's videos and caption probe, split over `jobs` processes that share the CPU threads.
-
-    Every video has its own seed, so the split does not change which videos are made. On a CPU, small kernels
-    scale poorly across threads: two one-thread processes sample more videos per second than one with two.
-    """
-    run = ClaimsRun(config)
-    run.ground_truth_rows(real)
-    threads = torch.get_num_threads()
-    if jobs == 1:
-        parts = [sample_share(models, config, (0, 1), threads, real)]
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(sample_share, models, config, (k, jobs), max(1, threads // jobs), real)
-                       for k in range(jobs)]
-            parts = [f.result() for f in futures]
-    probes = {}
-    for part in parts:
-        run.rows += part["rows"]
-        run.videos.update(part["videos"])
-        probes.update(part["probes"])
-        for key, frames in part["batches"].items():
-            run.batches[key] = np.concatenate([run.batches[key], frames]) if key in run.batches else frames
-    return run, {name: probes[name] for name, _, _ in models}
 
 
 def fvd_lines(run: ClaimsRun, i3d: str | None, real: list[np.ndarray], main: tuple[float, float]) -> list[str]:
