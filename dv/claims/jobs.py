@@ -21,12 +21,12 @@ def sample_share(models: list[tuple[str, str, str]], config: ClaimsConfig, share
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)  # anything left to the global generator draws the same in every process
-    k, n = share
-    run = ClaimsRun(config, progress=k == 0, share=share)
+    run = ClaimsRun(config, progress=share[0] == 0, share=share)
+    probed = {name for name, _, _ in run.mine(models)}
     probes = {}
-    for i, (name, recipe, ckpt) in enumerate(models):
+    for name, recipe, ckpt in models:
         module = load_trained(recipe, ckpt)
-        if i % n == k:
+        if name in probed:
             probes[name] = caption_probe(module, real)
         run.run_model(name, module)
     return dict(rows=run.rows, batches=run.batches, videos=run.videos, probes=probes)
