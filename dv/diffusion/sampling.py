@@ -44,9 +44,11 @@ class SamplerConfig:
 
 
 def ddim_scheduler(train_scheduler: SchedulerMixin) -> DDIMScheduler:
-    """A DDIM scheduler on the training noise schedule (same betas and prediction type)."""
+    """A DDIM scheduler on the training noise schedule (same betas, prediction type and step spacing)."""
+    # The spacing comes from the training config (diffusion.timestep_spacing; 'leading' unless a recipe says otherwise).
+    spacing = train_scheduler.config.get("timestep_spacing", "leading")
     return DDIMScheduler.from_config(
-        train_scheduler.config, clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading"
+        train_scheduler.config, clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing=spacing
     )
 
 

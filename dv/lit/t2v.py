@@ -35,6 +35,13 @@ class DiffusionConfig:
     beta_end: float = 0.012
     loss_buckets: int = 4
     """The loss is also logged per timestep bucket: this many equal ranges of t."""
+    rescale_betas_zero_snr: bool = False
+    """Rescale the betas so the last timestep is pure noise (zero terminal SNR, Lin et al. 2023). With the default
+    schedule a trace of the clip survives at t = 999, which training sees and sampling from pure noise does not: at
+    small frame sizes the mean colour drifts. Needs v-prediction (ε carries no information at zero SNR)."""
+    timestep_spacing: str = "leading"
+    """How DDIM spaces its steps over the schedule: 'leading' (ModelScope) or 'trailing' (Lin et al. 2023: sampling
+    starts at the last timestep, which zero terminal SNR makes pure noise)."""
     snr_gamma: float | None = None
     """Min-SNR-γ weighting of the training loss (Hang et al. 2023): a sample's x0 error counts min(SNR(t), γ) times,
     so the easy low-noise timesteps no longer dominate; None trains on the plain MSE. 5 is the paper's γ.
@@ -91,6 +98,10 @@ class T2VModule(L.LightningModule):
             raise ConfigError(f"diffusion.prediction_type must be 'epsilon' or 'v_prediction', not {diffusion.prediction_type!r}")
         if diffusion.snr_gamma is not None and not diffusion.snr_gamma > 0:
             raise ConfigError(f"diffusion.snr_gamma must be > 0 (or null for no weighting), not {diffusion.snr_gamma}")
+        if diffusion.rescale_betas_zero_snr and diffusion.prediction_type != "v_prediction":
+            raise ConfigError("diffusion.rescale_betas_zero_snr needs prediction_type: v_prediction (at zero SNR ε says nothing of the clip)")
+        if diffusion.timestep_spacing not in ("leading", "trailing", "linspace"):
+            raise ConfigError(f"diffusion.timestep_spacing must be 'leading', 'trailing' or 'linspace', not {diffusion.timestep_spacing!r}")
         if diffusion.snr_weighting not in ("hang", "diffusers"):
             raise ConfigError(f"diffusion.snr_weighting must be 'hang' or 'diffusers', not {diffusion.snr_weighting!r}")
         for name, p in (("p_drop_text", p_drop_text),):
@@ -110,6 +121,8 @@ class T2VModule(L.LightningModule):
             beta_start=diffusion.beta_start,
             beta_end=diffusion.beta_end,
             prediction_type=diffusion.prediction_type,
+            rescale_betas_zero_snr=diffusion.rescale_betas_zero_snr,
+            timestep_spacing=diffusion.timestep_spacing,
         )
         self.backbone: Backbone | None = None
         self.branch = None
