@@ -6,7 +6,7 @@ DV := $(VENV)/bin/dv
 SHARDS ?= data/shards/camera-pans
 RUNS ?= runs
 
-.PHONY: install test test-fast shards latents demo claims claims-models claims-backbone claims-dreamvideo claims-dynamicrafter app bench-loader bench-sampling clean
+.PHONY: install test test-fast shards tiny-shards pretrained pretrained-t2v pretrained-image-models pretrained-dreamvideo pretrained-dynamicrafter latents demo claims app bench-loader bench-sampling clean
 
 install: $(VENV)/.installed
 
@@ -34,70 +34,73 @@ LATENTS ?= data/latents/camera-pans
 latents: shards
 	$(DV) cache-latents --recipe recipes/demo-t2v.yaml --shards "$(SHARDS)/train-*.tar" "$(SHARDS)/val-*.tar" --out $(LATENTS)
 
-# The CPU demo: shards, a tiny T2V backbone (stage 1), then DreamVideo on it (stage 2).
-# FIT_ARGS passes LightningCLI overrides to both stages (e.g. FIT_ARGS=--trainer.max_steps=10).
+# The tiny shards every shipped model and the demo train on: camera-pans rendered at 64 px, 8 frames, 16 clips per
+# photo and move; the recipes read them as 32x32 frames (pans move 1.25-2.25 px per frame there).
+TINY_SHARDS ?= data/shards/camera-pans-64
+tiny-shards: install
+	$(PY) -m data_prep build --source camera-pans --out $(TINY_SHARDS) --size 64 --frames 8 --clips-per-video 16
+
+# The shipped models (pretrained/), from scratch: the T2V backbone, then DreamVideo and the DynamiCrafter-style model
+# on it side by side (one thread each). Interrupted, it resumes (--ckpt_path last). Each stage ends in a `dv export`
+# into pretrained/NAME/model.safetensors; git diff shows whether the weights changed.
+TINY_DATA = --data.init_args.train_shards="$(TINY_SHARDS)/train-*.tar" --data.init_args.val_shards="$(TINY_SHARDS)/val-*.tar" \
+	--trainer.logger.init_args.save_dir=$(RUNS)
+pretrained: pretrained-image-models
+
+pretrained-t2v: tiny-shards
+	$(DV) fit --recipe pretrained/tiny-t2v/config.yaml --ckpt_path last $(TINY_DATA)
+	$(DV) export --recipe $(RUNS)/tiny-t2v/latest/config.yaml --ckpt $(RUNS)/tiny-t2v/latest/checkpoints/last.ckpt \
+		--out pretrained/tiny-t2v/model.safetensors
+
+pretrained-image-models: pretrained-t2v
+	$(MAKE) -j2 pretrained-dreamvideo pretrained-dynamicrafter
+
+pretrained-dreamvideo pretrained-dynamicrafter: pretrained-%:
+	OMP_NUM_THREADS=1 $(DV) fit --recipe pretrained/tiny-$*/config.yaml --ckpt_path last $(TINY_DATA)
+	$(DV) export --recipe $(RUNS)/tiny-$*/latest/config.yaml --ckpt $(RUNS)/tiny-$*/latest/checkpoints/last.ckpt \
+		--out pretrained/tiny-$*/model.safetensors
+
+# The CPU demo: DreamVideo (retention branch + temporal layers) trained on the shipped T2V backbone
+# (pretrained/tiny-t2v), as the paper trains on ModelScope's; then validation and a sample of a held-out photo.
+# FIT_ARGS passes LightningCLI overrides (e.g. FIT_ARGS=--trainer.max_steps=10).
 FIT_ARGS ?=
 # The sampled photo is held out; its reference is the centred window at the scale the training clips show photos.
 DEMO_PHOTO ?= rocket
 DEMO_PROMPT ?= the camera pans left over a photo of a rocket on a launch pad
-DEMO_DATA = --data.init_args.train_shards="$(SHARDS)/train-*.tar" --data.init_args.val_shards="$(SHARDS)/val-*.tar" \
-	--trainer.logger.init_args.save_dir=$(RUNS)
-demo: shards
-	$(PY) -m dv.data.datamodule --shards "$(SHARDS)/train-*.tar" --batch-size 4
-	$(DV) fit --recipe recipes/demo-t2v.yaml --ckpt_path last $(DEMO_DATA) $(FIT_ARGS)
-	$(DV) export --recipe $(RUNS)/demo-t2v/latest/config.yaml --ckpt $(RUNS)/demo-t2v/latest/checkpoints/last.ckpt \
-		--out $(RUNS)/demo-t2v/export.safetensors
-	$(DV) fit --recipe recipes/demo.yaml --ckpt_path last $(DEMO_DATA) $(FIT_ARGS) \
-		--model.init_args.backbone.unet_weights='[$(RUNS)/demo-t2v/export.safetensors]'
+demo: tiny-shards
+	$(PY) -m dv.data.datamodule --shards "$(TINY_SHARDS)/train-*.tar" --batch-size 4
+	$(DV) fit --recipe recipes/demo.yaml --ckpt_path last $(TINY_DATA) $(FIT_ARGS)
 	$(DV) export --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/latest/checkpoints/last.ckpt \
 		--out $(RUNS)/demo/export.safetensors
 	$(DV) validate --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/latest/checkpoints/last.ckpt
 	$(PY) -m dv.diffusion.trajectory --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/latest/checkpoints/last.ckpt \
-		--shards "$(SHARDS)/val-*.tar" --clips 4 --steps 10
+		--shards "$(TINY_SHARDS)/val-*.tar" --clips 4 --steps 10
 	$(DV) info --recipe recipes/demo.yaml
 	$(PY) -c "from PIL import Image; from data_prep.camera_pans import reference_view; Image.fromarray(reference_view('$(DEMO_PHOTO)', 256)).save('$(RUNS)/demo/$(DEMO_PHOTO).png')"
 	$(DV) sample --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/export.safetensors \
-		--image $(RUNS)/demo/$(DEMO_PHOTO).png --prompt "$(DEMO_PROMPT)" --steps 25 --guidance-text 3 --guidance-image 3 \
+		--image $(RUNS)/demo/$(DEMO_PHOTO).png --prompt "$(DEMO_PROMPT)" --steps 20 --guidance-text 3 --guidance-image 2 \
 		--gif --strip --out $(RUNS)/demo/sample.mp4
 	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir $(RUNS)"
 
-# The browser page over the model `make demo` trained (APP_ARGS: e.g. APP_ARGS="--port 8000").
-APP_ARGS ?=
-# The claims experiment (README "What dv reproduces"): camera-pans shards at 96 px, a T2V backbone, DreamVideo
-# and a DynamiCrafter-style model on it, then every table and the figure from one sampling run.
-# Interrupted, it resumes (finished shards and trained stages are kept).
-CLAIMS_SHARDS ?= data/shards/camera-pans-claims
-CLAIMS_DATA = --data.init_args.train_shards="$(CLAIMS_SHARDS)/train-*.tar" --data.init_args.val_shards="$(CLAIMS_SHARDS)/val-*.tar" \
-	--trainer.logger.init_args.save_dir=$(RUNS)
-CLAIMS_BACKBONE = --model.init_args.backbone.unet_weights='[$(RUNS)/claims-t2v/export.safetensors]'
+# The claims experiment (README "What dv reproduces"): the shipped models (pretrained/) sampled on the held-out
+# photos under every condition, then every table and the figure from one sampling run. Its held-out clips are the
+# tiny shards' val split at 4 clips per photo and move (96 clips; the same renderer settings as training).
+CLAIMS_SHARDS ?= data/shards/camera-pans-64-claims
 # CLAIMS_JOBS: sampling processes (one thread each on 2 cores: more videos per second than one with two threads).
 CLAIMS_JOBS ?= 2
-claims: claims-models
+claims: install
+	$(PY) -m data_prep build --source camera-pans --out $(CLAIMS_SHARDS) --size 64 --frames 8 --clips-per-video 4 --split val
 	$(PY) -m dv.claims --val-shards "$(CLAIMS_SHARDS)/val-*.tar" --out $(RUNS)/claims --figure docs/claims.png --jobs $(CLAIMS_JOBS) \
-		--model T2V=$(RUNS)/claims-t2v/latest/config.yaml,$(RUNS)/claims-t2v/export.safetensors \
-		--model DreamVideo=$(RUNS)/claims-dreamvideo/latest/config.yaml,$(RUNS)/claims-dreamvideo/latest/checkpoints/last.ckpt \
-		--model DynamiCrafter=$(RUNS)/claims-dynamicrafter/latest/config.yaml,$(RUNS)/claims-dynamicrafter/latest/checkpoints/last.ckpt
+		--model T2V=pretrained/tiny-t2v/config.yaml,pretrained/tiny-t2v/model.safetensors \
+		--model DreamVideo=pretrained/tiny-dreamvideo/config.yaml,pretrained/tiny-dreamvideo/model.safetensors \
+		--model DynamiCrafter=pretrained/tiny-dynamicrafter/config.yaml,pretrained/tiny-dynamicrafter/model.safetensors
 
-# The two image-conditioned models train side by side on the T2V backbone, one thread each (on 2 cores this
-# is faster than one after the other with 2 threads: small CPU kernels scale poorly across threads).
-claims-models: claims-backbone
-	$(MAKE) -j2 claims-dreamvideo claims-dynamicrafter
-
-claims-backbone: install
-	$(PY) -m data_prep build --source camera-pans --out $(CLAIMS_SHARDS) --size 96 --clips-per-video 4
-	$(DV) fit --recipe recipes/claims-t2v.yaml --ckpt_path last $(CLAIMS_DATA)
-	$(DV) export --recipe $(RUNS)/claims-t2v/latest/config.yaml --ckpt $(RUNS)/claims-t2v/latest/checkpoints/last.ckpt \
-		--out $(RUNS)/claims-t2v/export.safetensors
-
-claims-dreamvideo:
-	OMP_NUM_THREADS=1 $(DV) fit --recipe recipes/claims.yaml --ckpt_path last $(CLAIMS_DATA) $(CLAIMS_BACKBONE)
-
-claims-dynamicrafter:
-	OMP_NUM_THREADS=1 $(DV) fit --recipe recipes/claims-dynamicrafter.yaml --ckpt_path last $(CLAIMS_DATA) $(CLAIMS_BACKBONE)
-
+# The browser page over the shipped DreamVideo model (APP_ARGS: e.g. APP_ARGS="--port 8000"; APP_RECIPE/APP_CKPT for another).
+APP_ARGS ?=
+APP_RECIPE ?= pretrained/tiny-dreamvideo/config.yaml
+APP_CKPT ?= pretrained/tiny-dreamvideo/model.safetensors
 app: install
-	@test -f $(RUNS)/demo/export.safetensors || { echo "no demo model in $(RUNS)/demo: run make demo first"; exit 1; }
-	$(DV) app --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/export.safetensors --out-dir $(RUNS)/app $(APP_ARGS)
+	$(DV) app --recipe $(APP_RECIPE) --ckpt $(APP_CKPT) --out-dir $(RUNS)/app $(APP_ARGS)
 
 bench-sampling: install
 	$(PY) -m pip install --quiet transformers   # the stock diffusers pipeline imports it; dv does not
