@@ -87,3 +87,30 @@ def test_the_latent_cache_leaves_filtered_clips_out_and_counts_them(shard, tmp_p
 def test_bad_filters_are_config_errors(value, message):
     with pytest.raises(ConfigError, match=message):
         VideoDataModule(train_shards="x", filters=value)
+
+
+def test_stats_command_prints_the_distributions_and_what_filters_would_drop(shard, capsys):
+    from data_prep.__main__ import main
+
+    assert main(["stats", "--shards", str(shard), "--min-motion", "0.5", "--max-motion", "10", "--drop-cuts", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert (s["clips"], s["unscored"], s["cuts"]) == (5, 1, 1)
+    assert s["motion_quantiles"]["p0"] == 0.01 and s["motion_quantiles"]["p100"] == 30.0
+    assert s["filters"]["kept"] == 2 and s["filters"]["dropped_by_reason"] == DROPPED
+    assert main(["stats", "--shards", str(shard)]) == 0
+    text = capsys.readouterr().out
+    assert "clips spanning a scene cut: 1 (20.0%)" in text and "unscored (format-1 shards): 1" in text
+
+
+def test_stats_reads_scores_from_the_stats_files_of_a_build(tmp_path, capsys):
+    from data_prep import camera_pans
+    from data_prep.__main__ import main
+    from data_prep.writer import BuildConfig, build
+
+    records = camera_pans.records(type("Args", (), {"seed": 0})())["val"][:3]
+    build({"val": records}, BuildConfig(out_dir=str(tmp_path), source="camera-pans", frames=4, size=32), quiet=True)
+    assert len(read_stats(tmp_path / stats_name("val", 0)).clip_scores) == 3
+    (tmp_path / "val-000000.tar").write_bytes(b"")  # proves the tar is not opened: the stats file suffices
+    assert main(["stats", "--shards", str(tmp_path / "val-*.tar"), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["clips"] == 3 and s["unscored"] == 0 and s["resolutions"] == {"600x400": 3}  # coffee.png
