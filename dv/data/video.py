@@ -556,8 +556,11 @@ def write_video(
             stream.options = options
         if rotation:
             stream.set_display_rotation(rotation)
-        for frame in frames:
+        for i, frame in enumerate(frames):
             video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            # Explicit timestamps: left unset, x264's macroblock-tree rate control sometimes saw
+            # varying ones, and small clips then encoded to different bytes from run to run.
+            video_frame.pts = i
             for packet in stream.encode(video_frame):
                 container.mux(packet)
         for packet in stream.encode():
