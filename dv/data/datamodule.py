@@ -209,7 +209,7 @@ class VideoDataModule(LightningDataModule):
         frame_size: int | None = None,
         seed: int = 0,
         val_batch_size: int | None = None,
-        filters: dict[str, Any] | None = None,
+        filters: ClipFilter | None = None,
     ):
         """Configure the data.
 

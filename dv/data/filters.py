@@ -29,6 +29,17 @@ class ClipFilter:
     max_motion: float | None = None
     drop_cuts: bool = False
 
+    def __post_init__(self):
+        """Refuse values that cannot work, naming the key."""
+        for key in ("min_motion", "max_motion"):
+            v = getattr(self, key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+                raise ConfigError(f"data.filters.{key} must be a number >= 0 or null, not {v!r}")
+        if not isinstance(self.drop_cuts, bool):
+            raise ConfigError(f"data.filters.drop_cuts must be true or false, not {self.drop_cuts!r}")
+        if self.min_motion is not None and self.max_motion is not None and self.min_motion > self.max_motion:
+            raise ConfigError(f"data.filters.min_motion {self.min_motion} is above max_motion {self.max_motion}")
+
     @classmethod
     def from_config(cls, value: "dict[str, Any] | ClipFilter | None") -> "ClipFilter":
         """A filter from a recipe's ``filters`` mapping (None: keep all); ConfigError naming a bad key or value."""
@@ -39,16 +50,7 @@ class ClipFilter:
         unknown = sorted(set(value) - {"min_motion", "max_motion", "drop_cuts"})
         if unknown:
             raise ConfigError(f"data.filters has unknown key(s) {', '.join(unknown)}; known: min_motion, max_motion, drop_cuts")
-        for key in ("min_motion", "max_motion"):
-            v = value.get(key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
-                raise ConfigError(f"data.filters.{key} must be a number >= 0 or null, not {v!r}")
-        if not isinstance(value.get("drop_cuts", False), bool):
-            raise ConfigError(f"data.filters.drop_cuts must be true or false, not {value['drop_cuts']!r}")
-        low, high = value.get("min_motion"), value.get("max_motion")
-        if low is not None and high is not None and low > high:
-            raise ConfigError(f"data.filters.min_motion {low} is above max_motion {high}")
-        return cls(low, high, bool(value.get("drop_cuts", False)))
+        return cls(value.get("min_motion"), value.get("max_motion"), value.get("drop_cuts", False))
 
     @property
     def active(self) -> bool:

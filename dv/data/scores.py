@@ -20,6 +20,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from skimage.registration import optical_flow_ilk
+from skimage.transform import resize
 
 __all__ = ["FLOW_SIDE", "CUT_DISTANCE", "luma", "motion_score", "scene_cut"]
 
@@ -40,8 +42,6 @@ def luma(frames: np.ndarray) -> np.ndarray:
 
 def _grey_small(frame: np.ndarray) -> np.ndarray:
     """A float32 grey copy of an RGB frame, resized to FLOW_SIDE on its short side (area-averaged)."""
-    from skimage.transform import resize
-
     h, w = frame.shape[:2]
     step = max(1, min(h, w) // (4 * FLOW_SIDE))  # every k-th pixel first: the block mean below still averages 4x4
     grey = luma(frame[::step, ::step]).astype(np.float32) / 255.0
@@ -59,8 +59,6 @@ def motion_score(frames: np.ndarray) -> float:
     A still clip scores about 0; camera-pans' pans (2.5-4.5 px per frame at 256 px) about 1-2.
     Fewer than two frames score 0.
     """
-    from skimage.registration import optical_flow_ilk
-
     if len(frames) < 2:
         return 0.0
     small = [_grey_small(f) for f in frames]
