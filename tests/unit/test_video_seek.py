@@ -157,3 +157,18 @@ def test_long_hd_file_seeks_to_the_same_frames(tmp_path):
         assert span.fallback == ""
         if indices[0] >= 60:
             assert span.decoded == indices[-1] - 60 + 1  # from the keyframe at 60, not from 0
+
+
+@pytest.mark.parametrize("kind", ["mkv", "h264"])
+def test_the_builder_decodes_no_frame_twice(files, kind, monkeypatch):
+    from data_prep.writer import BuildConfig, Record, process_record
+
+    seen: list[int] = []
+    take = V._Reader.take
+    monkeypatch.setattr(V._Reader, "take", lambda self, i, frame: (seen.append(i), take(self, i, frame))[1])
+    cfg = BuildConfig(out_dir="unused", source="test", frames=8, stride=4, size=32, clips_per_video=2)
+    samples, reason = process_record(Record("v", str(files[kind]), "a clip"), "train", cfg)
+    assert reason is None and len(samples) == 2
+    assert len(seen) == len(set(seen))  # counted from packets, decoded once (raw: from the start, once)
+    if kind == "mkv":  # two clips, 0..28 and 211..239: from the keyframes at 0 and 180, not all 240 frames
+        assert len(seen) == 29 + 60
