@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import tarfile
 from collections import Counter
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np

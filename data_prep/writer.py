@@ -52,16 +52,14 @@ from dv.data.shards import (
 )
 from dv.data.video import (
     VideoError,
-    _open,
-    _video_stream,
-    _bit_rate,
-    _nominal_fps,
     clip_span,
     encode_mp4,
     index_frames,
+    open_video,
     read_span,
     sample_clip_indices,
     stack_frames,
+    stream_rate,
     strided_fps,
 )
 from dv.errors import ConfigError
@@ -209,10 +207,9 @@ def _clips_from_file(
     if p.stat().st_size == 0:
         return [], {}, "empty_file"
     try:
-        with _open(p) as container:
-            stream = _video_stream(container)
-            fps, assumed = _nominal_fps(stream, container)
-            src = {"source_fps": fps, "fps_assumed": assumed, "bit_rate": _bit_rate(container, stream)}
+        with open_video(p) as container:
+            fps, assumed, bit_rate = stream_rate(container)
+            src = {"source_fps": fps, "fps_assumed": assumed, "bit_rate": bit_rate}
             index = index_frames(container)
             n = index.num_frames
             for attempt in range(2):

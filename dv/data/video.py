@@ -27,7 +27,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import av
 import numpy as np
@@ -50,6 +50,8 @@ __all__ = [
     "FrameIndex",
     "Span",
     "index_frames",
+    "open_video",
+    "stream_rate",
     "read_span",
     "read_frames",
     "encode_mp4",
@@ -132,6 +134,18 @@ def _nominal_fps(stream, container=None) -> tuple[float, bool]:
 def _bit_rate(container, stream) -> int:
     """Bits per second of the video stream, else of the whole container, else 0."""
     return int(stream.bit_rate or container.bit_rate or 0)
+
+
+def open_video(source: str | Path | bytes):
+    """An open PyAV input container of a file path or in-memory bytes (close it, or use it in ``with``)."""
+    return _open(source)
+
+
+def stream_rate(container) -> tuple[float, bool, int]:
+    """(fps, whether that fps is an assumption, bit rate) of an open container's first video stream."""
+    stream = _video_stream(container)
+    fps, assumed = _nominal_fps(stream, container)
+    return fps, assumed, _bit_rate(container, stream)
 
 
 def probe(path: str | Path) -> VideoInfo:
