@@ -51,7 +51,7 @@ print(json.dumps({"cpu_s": cpu, "rss_mb": resource.getrusage(resource.RUSAGE_SEL
 '''
 
 
-def make_source(path: Path, size: str, keyint: int, seconds: float) -> Path:
+def make_source(path: Path, size: str, keyint: int, seconds: float, grain: bool = True) -> Path:
     """A panning photo with camera-like grain and a frame counter, H.264 Main with B-frames, keyframes exactly
     every `keyint` (the grain brings the bit rate near a stock video's: a clean pan codes to a fraction of it)."""
     import av
@@ -65,7 +65,7 @@ def make_source(path: Path, size: str, keyint: int, seconds: float) -> Path:
     photo = resize(skimage.data.astronaut(), (h, h), preserve_range=True).astype(np.uint8)
     canvas = np.concatenate([photo, photo[:, ::-1], photo, photo[:, ::-1]], axis=1)  # room to pan across
     rng = np.random.default_rng(0)
-    grain = [rng.integers(-6, 7, (h, w, 1), dtype=np.int16) for _ in range(4)]
+    noise = [rng.integers(-6, 7, (h, w, 1), dtype=np.int16) if grain else np.int16(0) for _ in range(4)]
     tmp = path.with_suffix(".tmp.mp4")
     with av.open(str(tmp), "w") as container:
         stream = container.add_stream("libx264", rate=Fraction(FPS))
@@ -74,7 +74,7 @@ def make_source(path: Path, size: str, keyint: int, seconds: float) -> Path:
                           "keyint_min": str(keyint), "sc_threshold": "0", "crf": "23"}
         for i in range(frames):
             x = (i * 3) % (canvas.shape[1] - w)
-            frame = np.clip(canvas[:, x : x + w] + grain[i % 4], 0, 255).astype(np.uint8)
+            frame = np.clip(canvas[:, x : x + w] + noise[i % 4], 0, 255).astype(np.uint8)
             for bit in range(10):  # the frame number in 10 blocks along the top (white = 1)
                 frame[: h // 20, bit * w // 10 : (bit + 1) * w // 10 - 8] = 255 if i >> bit & 1 else 0
             video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
@@ -136,25 +136,32 @@ def run_dv(code: Path, path: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def score_share(path: Path) -> float:
-    """Share of dv's CPU time spent on scores for one source: thumbnails, motion and cut tests."""
+def score_cpu(path: Path) -> float:
+    """CPU-seconds dv spends on scores for one source: span thumbnails, motion and the cut test."""
     sys.path.insert(0, str(ROOT))
+    from dv.data import video
     from dv.data.scores import motion_score, scene_cut
-    from dv.data.video import count_frames, read_span, sample_clip_indices
 
-    n = count_frames(path)
-    (clip,) = sample_clip_indices(n, 16, 4)
+    n = video.count_frames(path)
+    (clip,) = video.sample_clip_indices(n, 16, 4)
+    spent = [0.0]
+    thumb = video._luma_thumb
+
+    def timed(frame):
+        t = time.process_time()
+        out = thumb(frame)
+        spent[0] += time.process_time() - t
+        return out
+
+    video._luma_thumb = timed
+    try:
+        span = video.read_span(path, clip, 256, spans=[(clip[0], clip[-1])])
+    finally:
+        video._luma_thumb = thumb
     t0 = time.process_time()
-    bare = read_span(path, clip, 256)
-    t1 = time.process_time()
-    span = read_span(path, clip, 256, spans=[(clip[0], clip[-1])])
-    t2 = time.process_time()
-    frames = np.stack([span.frames[i] for i in clip])
-    motion_score(frames)
+    motion_score(np.stack([span.frames[i] for i in clip]))
     scene_cut([span.thumbs[i] for i in range(clip[0], clip[-1] + 1)])
-    t3 = time.process_time()
-    assert len(bare.frames) == 16
-    return (t2 - t1) - (t1 - t0) + (t3 - t2)
+    return spent[0] + time.process_time() - t0
 
 
 def main() -> int:
@@ -164,6 +171,7 @@ def main() -> int:
     parser.add_argument("--sizes", nargs="+", default=["1080p", "4K"], choices=sorted(SIZES))
     parser.add_argument("--keyints", nargs="+", type=int, default=[60, 250])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-grain", action="store_true", help="sources without grain (quicker to make, lower bit rate)")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/dv-bench-builder"))
     parser.add_argument("--out-json", type=Path, default=None)
     args = parser.parse_args()
@@ -172,7 +180,9 @@ def main() -> int:
     for size in args.sizes:
         for keyint in args.keyints:
             name = f"{size}, keyframe every {keyint}"
-            src = make_source(args.work_dir / f"{size}-k{keyint}-{args.seconds:g}s-grain.mp4", size, keyint, args.seconds)
+            suffix = "" if args.no_grain else "-grain"
+            src = make_source(args.work_dir / f"{size}-k{keyint}-{args.seconds:g}s{suffix}.mp4", size, keyint,
+                              args.seconds, grain=not args.no_grain)
             r: dict = {"floor": [], "dv": [], "before": []}
             for _ in range(args.repeats):  # interleaved, so a load change on the machine hits every column alike
                 r["floor"].append(floor(str(src)))
@@ -182,7 +192,7 @@ def main() -> int:
             med = {k: statistics.median(x["cpu_s"] if isinstance(x, dict) else x for x in v) for k, v in r.items() if v}
             rss = {k: max(x["rss_mb"] for x in v) for k, v in r.items() if v and isinstance(v[0], dict)}
             torch = {k: v[0]["torch"] for k, v in r.items() if v and isinstance(v[0], dict)}
-            share = statistics.median(score_share(src) for _ in range(args.repeats)) / med["dv"]
+            share = statistics.median(score_cpu(src) for _ in range(3)) / med["dv"]
             results[name] = {"cpu_s": med, "peak_rss_mb": rss, "imports_torch": torch, "score_share": share,
                              "runs": r, "source_mb": src.stat().st_size / 2**20}
             rows.append((name, med, rss, share))
