@@ -1,4 +1,5 @@
-"""`python -m data_prep build --source ... --out DIR`: build webdataset video shards from one source."""
+"""`python -m data_prep build --source ... --out DIR`: build webdataset video shards from one source;
+`python -m data_prep stats --shards GLOB`: the score distributions of built shards."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from data_prep import camera_pans, msrvtt, pexels, ucf101
+from data_prep import camera_pans, msrvtt, pexels, stats, ucf101
 from data_prep.writer import BuildConfig, build
 from dv.errors import ConfigError, DVError
 
@@ -52,7 +53,14 @@ def make_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=_cpus(),
-        help="shards written in parallel; 1 writes in this process (default: CPU cores)",
+        help="processes decoding and encoding videos in parallel (shard contents do not depend on it); "
+        "1 works in this process (default: CPU cores)",
+    )
+    b.add_argument(
+        "--decode-threads",
+        type=int,
+        default=1,
+        help="decoder threads per worker, 0 for FFmpeg's choice (default: 1; workers already use every core)",
     )
     b.add_argument("--frames", type=int, default=16, help="frames per clip (default: 16)")
     b.add_argument("--stride", type=int, default=4, help="take every Nth source frame (default: 4)")
@@ -76,6 +84,7 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     for adapter in ADAPTERS.values():
         adapter.add_arguments(b)
+    stats.add_parser(sub)
     return parser
 
 
@@ -92,6 +101,7 @@ def _validate(args: argparse.Namespace) -> None:
         (args.clips_per_video is None or args.clips_per_video >= 1, "--clips-per-video must be at least 1"),
         (args.shard_size is None or args.shard_size >= 1, "--shard-size must be at least 1"),
         (args.workers >= 0, "--workers must be 0 or more"),
+        (args.decode_threads >= 0, "--decode-threads must be 0 or more"),
         (args.num_nodes >= 1, "--num-nodes must be at least 1"),
         (0 <= args.node_rank < max(args.num_nodes, 1), "--node-rank must be in [0, --num-nodes)"),
         (0 <= args.crf <= 51, "--crf must be in [0, 51]"),
@@ -135,6 +145,7 @@ def run_build(args: argparse.Namespace) -> int:
         crf=args.crf,
         seed=args.seed,
         stride_range=tuple(args.stride_range) if args.stride_range else None,
+        decode_threads=args.decode_threads,
     )
     summary = build(splits, cfg, quiet=args.quiet)
     print(summary.report(), file=sys.stderr)
@@ -145,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, build, and turn DVErrors into one line on stderr and exit code 2."""
     try:
         args = make_parser().parse_args(argv)
-        return run_build(args)
+        return stats.run(args) if args.command == "stats" else run_build(args)
     except DVError as exc:
         print(f"data_prep: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -30,8 +30,6 @@ import random
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from einops import rearrange, repeat
 
 from data_prep.writer import Record
@@ -98,6 +96,9 @@ def load_photo(name: str) -> np.ndarray:
 
 def reference_view(photo: str, size: int) -> np.ndarray:
     """The photo's centred window at the scale of a pan's frames, uint8 (size, size, 3): a held-out reference image."""
+    import torch
+    import torch.nn.functional as F
+
     img = rearrange(torch.tensor(load_photo(photo)), "h w c -> 1 c h w").float()
     h, w = img.shape[-2:]
     side = WINDOW_FRACTION * min(h, w)
@@ -124,6 +125,10 @@ class PanRenderer:
 
     def render(self, clip_index: int, frames: int, size: int, stride: int = 1) -> np.ndarray:
         """uint8 (T, size, size, 3) frames of variant `clip_index` of this move, `stride` time steps apart."""
+        # torch is imported where it renders: the builder imports every adapter, and video sources need no torch.
+        import torch
+        import torch.nn.functional as F
+
         x = rearrange(torch.tensor(load_photo(self.photo)), "h w c -> 1 c h w").float()
         # Pre-scale so the window is about `size` photo pixels: sampling then never shrinks
         # much, and bilinear needs no anti-aliasing.
@@ -139,6 +144,8 @@ class PanRenderer:
 
     def _path(self, clip_index: int, frames: int, size: int, w: int, h: int, stride: int = 1):
         """Window centre (cx, cy) and side per frame, in photo pixels."""
+        import torch
+
         rng = random.Random(f"{self.seed}/{self.photo}/{self.move}/{clip_index}")
         # Time of each frame: a clip at stride s shows every s-th frame of the stride-1 camera path.
         t = torch.arange(frames, dtype=torch.float64) * stride
@@ -168,6 +175,8 @@ class PanRenderer:
 
 def _window_grid(cx, cy, side, size: int, w: int, h: int) -> torch.Tensor:
     """grid_sample grid (T, size, size, 2) for square windows centred at (cx, cy) with the given sides."""
+    import torch
+
     u = (torch.arange(size, dtype=torch.float64) + 0.5) / size - 0.5  # output pixel centres, [-0.5, 0.5)
     xs = rearrange(cx, "t -> t 1") + rearrange(side, "t -> t 1") * rearrange(u, "x -> 1 x")
     ys = rearrange(cy, "t -> t 1") + rearrange(side, "t -> t 1") * rearrange(u, "y -> 1 y")

@@ -6,6 +6,13 @@ which shard is known before any decoding. Node ``r`` of ``n`` builds the
 shards with ``i % n == r``. A shard is written to ``NAME.tar.tmp``, renamed
 when whole, and its ``.stats.json`` is written last: a shard with both files
 is skipped on a rerun, anything else is redone.
+
+Workers take *videos*, not shards: pool processes decode, score and encode
+one source each, and this process writes their samples into the shards in
+source order, so ``--workers N`` speeds up a build of any size and a shard's
+bytes do not depend on N. Workers import no torch (only the camera-pans
+renderer does), decode with one thread each, and exit when this process
+dies, even by kill -9.
 """
 
 from __future__ import annotations
@@ -13,23 +20,25 @@ from __future__ import annotations
 import hashlib
 import multiprocessing as mp
 import os
-import queue as queue_lib
 import random
+import signal
+import sys
+import threading
 import time
 from collections import Counter, deque
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
-import webdataset as wds
 from tqdm import tqdm
 
+from dv.data.scores import luma, motion_score, scene_cut
 from dv.data.shards import (
-    TAR_MTIME,
     ClipMeta,
+    SampleTarWriter,
     ShardStats,
     build_report,
     encode_sample,
@@ -44,12 +53,13 @@ from dv.data.shards import (
 from dv.data.video import (
     VideoError,
     clip_span,
-    count_frames,
     encode_mp4,
-    probe,
-    read_frames,
+    index_frames,
+    open_video,
+    read_span,
     sample_clip_indices,
     stack_frames,
+    stream_rate,
     strided_fps,
 )
 from dv.errors import ConfigError
@@ -97,6 +107,9 @@ class BuildConfig:
     stride_range: tuple[int, int] | None = None
     """Draw each source's stride uniformly from [low, high] (DynamiCrafter's frame-stride conditioning);
     None uses `stride` for every clip. The stride of each clip is in its metadata (``meta.stride``)."""
+    decode_threads: int = 1
+    """Decoder threads per worker (0: FFmpeg's choice); one, because workers already fill the cores and
+    frame threads cost 15-20% more CPU. Does not change a shard's content."""
 
     def settings(self) -> dict[str, Any]:
         """The settings that shape a shard's content, recorded in its stats."""
@@ -182,43 +195,55 @@ def _valid_captions(caption: str | tuple[str, ...] | None) -> tuple[str, ...] | 
 def _clips_from_file(
     path: str, cfg: BuildConfig, source_id: str = ""
 ) -> tuple[list[tuple[list[int], np.ndarray]], dict, str | None]:
-    """Decode the clips of one video file: ([(indices, frames)], source info with the stride used, skip reason or None)."""
+    """Decode the clips of one video file: ([(indices, frames)], source info, skip reason or None).
+
+    The file is opened and demuxed once (the frame count and keyframes come from its packets) and
+    decoded once, from the keyframe before each clip to its last frame. Source info holds the stride
+    used, fps, display size, bit rate and each clip's luma thumbnails over its whole source span.
+    """
     p = Path(path)
     if not p.is_file():
         return [], {}, "missing_file"
     if p.stat().st_size == 0:
         return [], {}, "empty_file"
     try:
-        info = probe(p)
+        with open_video(p) as container:
+            fps, assumed, bit_rate = stream_rate(container)
+            src = {"source_fps": fps, "fps_assumed": assumed, "bit_rate": bit_rate}
+            index = index_frames(container)
+            n = index.num_frames
+            for attempt in range(2):
+                stride = src["stride"] = source_stride(cfg, source_id, n)
+                clips = sample_clip_indices(n, cfg.frames, stride, cfg.clips_per_video, cfg.pad_short)
+                if not clips:
+                    return [], src, f"too_short: {n} frames, one clip needs {clip_span(cfg.frames, stride)}"
+                span = read_span(
+                    p, {i for c in clips for i in c}, cfg.size, spans=[(c[0], c[-1]) for c in clips],
+                    threads=cfg.decode_threads, index=index, container=container,
+                )
+                whole = [c for c in clips if all(i in span.frames for i in c)]
+                if len(whole) == len(clips) or attempt == 1:
+                    break
+                # The packets promised more frames than decode (a truncated file, a damaged tail):
+                # sample again over the frames that really decode.
+                n = span.end
     except VideoError as exc:
         return [], {}, f"{exc.kind}: {exc}"
-    src = {"source_fps": info.fps, "source_size": (info.width, info.height)}
-    n = info.num_frames if info.num_frames > 0 else count_frames(p)
-    for attempt in range(2):
-        stride = src["stride"] = source_stride(cfg, source_id, n)
-        clips = sample_clip_indices(n, cfg.frames, stride, cfg.clips_per_video, cfg.pad_short)
-        if not clips:
-            return [], src, f"too_short: {n} frames, one clip needs {clip_span(cfg.frames, stride)}"
-        try:
-            frames, decoded = read_frames(p, {i for c in clips for i in c}, cfg.size)
-        except VideoError as exc:
-            return [], src, f"{exc.kind}: {exc}"
-        whole = [c for c in clips if all(i in frames for i in c)]
-        if len(whole) == len(clips) or attempt == 1:
-            break
-        # The header promised more frames than the file holds (truncated or mis-estimated):
-        # sample again over the frames that really decode.
-        n = decoded
     if not whole:
-        return [], src, f"truncated: {decoded} frames decode"
-    return [(c, stack_frames(frames, c)) for c in whole], src, None
+        return [], src, f"truncated: {span.end} frames decode"
+    width, height = span.display_size
+    if width <= 0 or height <= 0:
+        return [], src, "undecodable: the video stream reports no frame size"
+    src["source_size"] = (width, height)
+    src["thumbs"] = [[span.thumbs[i] for i in range(c[0], c[-1] + 1) if i in span.thumbs] for c in whole]
+    return [(c, stack_frames(span.frames, c)) for c in whole], src, None
 
 
 def _clips_from_renderer(
     renderer: Renderer, cfg: BuildConfig, source_id: str = ""
 ) -> tuple[list[tuple[list[int], np.ndarray]], dict]:
     """Render the clips of a synthetic source; frame indices are the rendered frames (0..T-1 at stride 1)."""
-    src = {"source_fps": float(renderer.fps), "source_size": tuple(renderer.source_size), "stride": 1}
+    src = {"source_fps": float(renderer.fps), "source_size": tuple(renderer.source_size), "stride": 1, "bit_rate": None}
     if cfg.stride_range is None:
         indices = list(range(cfg.frames))
         return [(indices, renderer.render(k, cfg.frames, cfg.size)) for k in range(cfg.clips_per_video)], src
@@ -245,6 +270,18 @@ def process_record(record: Record, split: str, cfg: BuildConfig) -> tuple[list[d
     samples = []
     for clip_index, (indices, frames) in enumerate(clips):
         fps = strided_fps(src["source_fps"], stride)
+        # A rendered clip is its whole source span; a file's span thumbnails come from the decoder.
+        thumbs = src["thumbs"][clip_index] if "thumbs" in src else list(luma(frames[:, ::4, ::4]))
+        cut_at, cut_distance = scene_cut(thumbs, first=indices[0])
+        scores = {
+            "motion": round(motion_score(frames), 4),
+            "cut": cut_at is not None,
+            "cut_frame": cut_at,
+            "cut_distance": round(cut_distance, 4),
+        }
+        extra = dict(record.meta)
+        if src.get("fps_assumed"):
+            extra["fps_assumed"] = True  # a raw stream without timing: source_fps is an assumption
         meta = ClipMeta(
             source_id=record.source_id,
             source=cfg.source,
@@ -258,7 +295,9 @@ def process_record(record: Record, split: str, cfg: BuildConfig) -> tuple[list[d
             size=(int(frames.shape[2]), int(frames.shape[1])),
             fps=round(fps, 4),
             padded=len(set(indices)) < len(indices),
-            extra=dict(record.meta),
+            extra=extra,
+            scores=scores,
+            source_bit_rate=src["bit_rate"] or None,
         )
         mp4 = encode_mp4(frames, fps, crf=cfg.crf)
         caption = pick_caption(captions, record.source_id, clip_index)
@@ -266,52 +305,111 @@ def process_record(record: Record, split: str, cfg: BuildConfig) -> tuple[list[d
     return samples, None
 
 
-_PROGRESS: Any = None  # a queue in pool workers; progress events (sources, clips) go to the parent
+def encode_source(record: Record, split: str, cfg: BuildConfig) -> tuple[list[dict], str | None]:
+    """`process_record`, with any exception turned into a skip reason (one bad source must not stop a shard)."""
+    try:
+        return process_record(record, split, cfg)
+    except Exception as exc:  # noqa: BLE001 - recorded in the shard's stats
+        return [], f"error: {type(exc).__name__}: {exc}"
 
 
-def _init_worker(progress_queue) -> None:
-    """Pool worker set-up: progress channel, and one thread per process (libgomp after fork)."""
-    global _PROGRESS
-    _PROGRESS = progress_queue
-    import torch
+WORKER_DIED = "worker_died"
 
-    torch.set_num_threads(1)
+
+def _watch_parent(parent: int) -> None:
+    """Exit this worker when the build process is gone (a pool worker otherwise waits on its queue for ever)."""
+    if sys.platform.startswith("linux"):
+        try:  # the kernel kills us the moment the parent dies, even inside a long decode
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # died before the line above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        """Portable fallback: poll for re-parenting."""
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def _init_worker(parent: int) -> None:
+    """Pool worker set-up: die with the parent; one torch thread where torch is loaded (camera-pans renders)."""
+    _watch_parent(parent)
+    if "torch" in sys.modules:  # only the camera-pans renderer uses torch; video sources never load it
+        sys.modules["torch"].set_num_threads(1)
+
+
+class _ShardWriter:
+    """One shard being written in this process: temp tar, stats, rename and stats last."""
+
+    def __init__(self, task: ShardTask, cfg: BuildConfig):
+        out = Path(cfg.out_dir)
+        self.final = out / shard_name(task.split, task.index)
+        self.tmp = out / temp_name(task.split, task.index)
+        self.stats_path = out / stats_name(task.split, task.index)
+        self.stats_path.unlink(missing_ok=True)  # a redone shard is incomplete until its new stats land
+        self.stats = ShardStats(
+            shard=self.final.name, split=task.split, index=task.index, source=cfg.source, settings=cfg.settings()
+        )
+        self.keys: set[str] = set()
+        self.start = time.monotonic()
+        self.stream = open(self.tmp, "wb")
+        self.tar = SampleTarWriter(self.stream)
+
+    def add(self, record: Record, samples: list[dict], reason: str | None) -> int:
+        """Write one source's samples (or record why it has none); returns the clips written."""
+        self.stats.sources_seen += 1
+        if samples and samples[0]["__key__"] in self.keys:
+            samples, reason = [], "duplicate_id"
+        if reason:
+            self.stats.skip(record.source_id, reason)
+        for sample in samples:
+            self.keys.add(sample["__key__"])
+            self.tar.write(sample)
+            self.stats.clip_scores[sample["__key__"]] = _score_summary(sample)
+        self.stats.samples_written += len(samples)
+        self.stats.sources_written += bool(samples)
+        return len(samples)
+
+    def finish(self) -> ShardStats:
+        """Close the tar, rename it into place, write the stats last."""
+        self.close()
+        os.replace(self.tmp, self.final)
+        self.stats.duration_s = round(time.monotonic() - self.start, 3)
+        write_stats(self.stats_path, self.stats)
+        return self.stats
+
+    def close(self) -> None:
+        """Close the temp file (a failed or interrupted shard leaves it for the rerun to overwrite)."""
+        if not self.stream.closed:
+            self.tar.close()
+            self.stream.close()
+
+
+def _score_summary(sample: dict) -> dict[str, Any]:
+    """What `data_prep stats` reads of a clip, kept in its shard's stats file (no need to open the tar)."""
+    import json
+
+    meta = json.loads(sample["json"])
+    return {**meta["scores"], "source_size": meta["source_size"], "source_bit_rate": meta["source_bit_rate"]}
 
 
 def write_shard(task: ShardTask, cfg: BuildConfig, progress: Callable[[int, int], None] | None = None) -> ShardStats:
-    """Write one shard (temp file, rename, stats last); a failing source is recorded, not raised."""
-    out = Path(cfg.out_dir)
-    final, tmp, stats_path = (
-        out / shard_name(task.split, task.index),
-        out / temp_name(task.split, task.index),
-        out / stats_name(task.split, task.index),
-    )
-    stats_path.unlink(missing_ok=True)  # a redone shard is incomplete until its new stats land
-    stats = ShardStats(shard=final.name, split=task.split, index=task.index, source=cfg.source, settings=cfg.settings())
-    report = progress or (lambda s, c: _PROGRESS.put((s, c)) if _PROGRESS is not None else None)
-    start = time.monotonic()
-    keys: set[str] = set()
-    with open(tmp, "wb") as stream, wds.TarWriter(stream, encoder=False, mtime=TAR_MTIME) as tar:
+    """Write one shard in this process (temp file, rename, stats last); a failing source is recorded, not raised."""
+    shard = _ShardWriter(task, cfg)
+    try:
         for record in task.records:
-            stats.sources_seen += 1
-            try:
-                samples, reason = process_record(record, task.split, cfg)
-            except Exception as exc:  # noqa: BLE001 - one bad source must not stop the shard
-                samples, reason = [], f"error: {type(exc).__name__}: {exc}"
-            if samples and samples[0]["__key__"] in keys:
-                samples, reason = [], "duplicate_id"
-            if reason:
-                stats.skip(record.source_id, reason)
-            for sample in samples:
-                keys.add(sample["__key__"])
-                tar.write(sample)
-            stats.samples_written += len(samples)
-            stats.sources_written += bool(samples)
-            report(1, len(samples))
-    os.replace(tmp, final)
-    stats.duration_s = round(time.monotonic() - start, 3)
-    write_stats(stats_path, stats)
-    return stats
+            clips = shard.add(record, *encode_source(record, task.split, cfg))
+            if progress:
+                progress(1, clips)
+    finally:
+        shard.close()
+    return shard.finish()
 
 
 def plan_shards(records: Sequence[Record], split: str, shard_size: int) -> list[ShardTask]:
@@ -328,70 +426,124 @@ def _mp_context():
     return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
 
 
-def _run_pool(tasks, cfg, summary, bar) -> None:
-    """Run shard tasks on a process pool, containing worker deaths.
+class _Pool:
+    """Sources encoded on a process pool, their results handed back in submission order.
 
-    A dead worker breaks the whole pool, failing every shard in flight. Those
-    shards are retried one at a time in a fresh pool, so the shard whose
-    worker dies alone is the one reported failed.
+    A dead worker breaks the whole pool, losing every source in flight. The oldest of them is
+    then run alone in a fresh pool: if its worker dies again, it is the culprit and comes back as
+    WORKER_DIED; the others are resubmitted.
     """
-    ctx = _mp_context()
-    progress = ctx.Queue()
-    todo, solo = deque(tasks), deque()
 
-    def new_pool():
-        """A fresh pool whose workers report progress on the shared queue."""
-        return ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_init_worker, initargs=(progress,))
+    def __init__(self, cfg: BuildConfig):
+        self.cfg, self.ctx = cfg, _mp_context()
+        self.executor = self._new()
+        self.pending: deque[tuple[Any, Record, str, Future]] = deque()
 
-    executor = new_pool()
-    inflight: dict[Future, tuple[ShardTask, bool]] = {}
-    try:
-        while todo or solo or inflight:
-            if solo and not inflight:
-                task = solo.popleft()
-                inflight[executor.submit(write_shard, task, cfg)] = (task, True)
-            while not solo and todo and len(inflight) < cfg.workers:
-                task = todo.popleft()
-                inflight[executor.submit(write_shard, task, cfg)] = (task, False)
-            done, _ = wait(inflight, timeout=0.2, return_when=FIRST_COMPLETED)
-            _drain(progress, bar)
-            broken = False
-            for future in done:
-                task, alone = inflight.pop(future)
-                name = shard_name(task.split, task.index)
-                try:
-                    stats = future.result()
-                except BrokenProcessPool:
-                    broken = True
-                    if alone:
-                        summary.shards_failed[name] = "its worker process died (killed, out of memory or a crash)"
-                    else:
-                        solo.append(task)
-                except Exception as exc:  # noqa: BLE001 - reported, and the rerun redoes the shard
-                    summary.shards_failed[name] = f"{type(exc).__name__}: {exc}"
-                else:
-                    summary.shards_written.append(name)
-                    summary.add(stats)
-            if broken:
-                solo.extend(task for task, alone in inflight.values())
-                inflight.clear()
-                executor.shutdown(wait=False, cancel_futures=True)
-                executor = new_pool()
-        _drain(progress, bar, settle_s=1.0)
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+    def _new(self) -> ProcessPoolExecutor:
+        """A fresh pool whose workers die with this process."""
+        return ProcessPoolExecutor(
+            self.cfg.workers, mp_context=self.ctx, initializer=_init_worker, initargs=(os.getpid(),)
+        )
 
+    def _renew(self) -> None:
+        """Replace a broken pool."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executor = self._new()
 
-def _drain(progress, bar, settle_s: float = 0.0) -> None:
-    """Move queued progress events from workers onto the bar (waiting up to `settle_s` for stragglers)."""
-    deadline = time.monotonic() + settle_s
-    while True:
+    def submit(self, tag: Any, record: Record, split: str) -> None:
+        """Queue one source; `tag` comes back with its result."""
+        self.pending.append((tag, record, split, self.executor.submit(encode_source, record, split, self.cfg)))
+
+    def next(self) -> tuple[Any, Record, tuple[list[dict], str | None]]:
+        """The oldest queued source's (tag, record, result)."""
+        tag, record, split, future = self.pending.popleft()
         try:
-            wait_s = max(0.0, deadline - time.monotonic()) if bar.n < bar.total else 0.0
-            sources, clips = progress.get(timeout=wait_s) if wait_s else progress.get_nowait()
-        except (queue_lib.Empty, OSError, ValueError):
+            return tag, record, future.result()
+        except BrokenProcessPool:
+            pass
+        self._renew()
+        try:
+            result = self.executor.submit(encode_source, record, split, self.cfg).result()
+        except BrokenProcessPool:
+            self._renew()
+            result = ([], WORKER_DIED)
+        lost, self.pending = list(self.pending), deque()
+        for tag2, record2, split2, _ in lost:
+            self.submit(tag2, record2, split2)
+        return tag, record, result
+
+    def drop(self, keep: Callable[[Any], bool]) -> None:
+        """Forget queued sources whose tag fails `keep` (their shard failed)."""
+        kept = deque()
+        for item in self.pending:
+            if keep(item[0]):
+                kept.append(item)
+            else:
+                item[3].cancel()
+        self.pending = kept
+
+    def close(self) -> None:
+        """Stop the workers."""
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _jobs(tasks: Sequence[ShardTask]) -> Iterator[tuple[ShardTask, int, Record]]:
+    """Every (shard, position, source) of the build, in writing order."""
+    for task in tasks:
+        for position, record in enumerate(task.records):
+            yield task, position, record
+
+
+def _write_all(tasks: Sequence[ShardTask], cfg: BuildConfig, summary: "BuildSummary", bar) -> None:
+    """Write every shard, sources encoded by `cfg.workers` pool processes (or here, with one worker)."""
+    open_shards: dict[tuple[str, int], _ShardWriter] = {}
+    failed: set[tuple[str, int]] = set()
+    pool = _Pool(cfg) if cfg.workers > 1 else None
+    window = 4 * cfg.workers  # sources in flight: keeps every worker busy while the oldest is awaited
+    jobs = _jobs(tasks)
+
+    def results() -> Iterator[tuple[tuple[ShardTask, int], Record, tuple[list[dict], str | None]]]:
+        if pool is None:
+            for task, position, record in jobs:
+                yield (task, position), record, encode_source(record, task.split, cfg)
             return
-        _advance(bar, sources, clips)
+        for task, position, record in jobs:
+            pool.submit((task, position), record, task.split)
+            while len(pool.pending) >= window:
+                yield pool.next()
+        while pool.pending:
+            yield pool.next()
+
+    try:
+        for (task, position), record, (samples, reason) in results():
+            key = (task.split, task.index)
+            name = shard_name(task.split, task.index)
+            if key in failed:
+                continue
+            if key not in open_shards:
+                open_shards[key] = _ShardWriter(task, cfg)
+            shard = open_shards[key]
+            try:
+                if reason == WORKER_DIED:
+                    raise RuntimeError(f"its worker process died on source {record.source_id!r} (killed, out of memory or a crash)")
+                clips = shard.add(record, samples, reason)
+                _advance(bar, 1, clips)
+                if position == len(task.records) - 1:
+                    del open_shards[key]
+                    summary.add(shard.finish())
+                    summary.shards_written.append(name)
+            except Exception as exc:  # noqa: BLE001 - reported, and the rerun redoes the shard
+                shard.close()
+                open_shards.pop(key, None)
+                failed.add(key)
+                summary.shards_failed[name] = str(exc) if reason == WORKER_DIED else f"{type(exc).__name__}: {exc}"
+                if pool is not None:
+                    pool.drop(lambda tag: (tag[0].split, tag[0].index) != key)
+    finally:
+        for shard in open_shards.values():  # interrupted: temp files stay behind, and the rerun overwrites them
+            shard.close()
+        if pool is not None:
+            pool.close()
 
 
 def _advance(bar, sources: int, clips: int) -> None:
@@ -427,17 +579,6 @@ def build(splits: dict[str, Sequence[Record]], cfg: BuildConfig, quiet: bool = F
                 tasks.append(task)
     total = sum(len(t.records) for t in tasks)
     with tqdm(total=total, unit="video", desc=f"{cfg.source} shards", disable=quiet, dynamic_ncols=True) as bar:
-        if cfg.workers <= 1:
-            for task in tasks:
-                name = shard_name(task.split, task.index)
-                try:
-                    stats = write_shard(task, cfg, progress=lambda s, c: _advance(bar, s, c))
-                except Exception as exc:  # noqa: BLE001 - reported, and the rerun redoes the shard
-                    summary.shards_failed[name] = f"{type(exc).__name__}: {exc}"
-                else:
-                    summary.shards_written.append(name)
-                    summary.add(stats)
-        else:
-            _run_pool(tasks, cfg, summary, bar)
+        _write_all(tasks, cfg, summary, bar)
     summary.duration_s = time.monotonic() - start
     return summary

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import torch
 
+from dv.data.filters import ClipFilter
 from dv.data.latent_cache import CacheConfig, CacheSummary, Encoders, build_cache
 from dv.data.shards import expand_shards
 from dv.errors import ConfigError, DataError
@@ -93,6 +94,7 @@ def run(args: argparse.Namespace) -> CacheSummary:
         workers=args.workers,
         num_nodes=args.num_nodes,
         node_rank=args.node_rank,
+        filters=ClipFilter.from_config(data.get("filters")),
     )
     shards = expand_shards(args.shards)
     cfg.validate(shards)  # before the encoders are built, which takes a while at full size

@@ -13,6 +13,9 @@ Batches: ``{"video": uint8 (B, T, H, W, C), "caption": list[str], "meta": list[d
 plus ``"stride"`` (B,) int64, each clip's frame stride from its metadata;
 shards written by ``dv cache-latents`` give latent batches instead (dv/data/latents.py).
 A sample that fails to decode is skipped with a logged warning and counted.
+``filters`` (dv/data/filters.py) drop clips by their scores before they are decoded;
+each worker logs what it dropped and why when its stream ends, and
+``filtered_by_reason`` counts the main process's.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ import webdataset as wds
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
+from dv.data.filters import ClipFilter
 from dv.data.latents import check_latent_shards, collate_latents, is_latent_batch
-from dv.data.shards import count_samples, decode_latent_sample, decode_sample, expand_shards, is_latent_sample
+from dv.data.shards import META_KEY, count_samples, decode_latent_sample, decode_sample, expand_shards, is_latent_sample
 from dv.errors import ConfigError, DataError, DVError
 
 log = logging.getLogger("dv.data")
@@ -71,9 +75,11 @@ def with_stride(batch: dict[str, Any]) -> dict[str, Any]:
 class _DecodeStage(wds.PipelineStage):
     """Raw samples -> decoded samples; a failure is logged, counted and skipped, never raised."""
 
-    def __init__(self, num_frames: int | None, frame_size: int | None, name: str):
+    def __init__(self, num_frames: int | None, frame_size: int | None, name: str, filters: ClipFilter | None = None):
         self.num_frames, self.frame_size, self.name = num_frames, frame_size, name
+        self.filters = filters or ClipFilter()
         self.skipped = 0
+        self.filtered: dict[str, int] = {}  # reason -> clips dropped by the filters (and "unscored": kept)
 
     def skip(self, what: str, exc: BaseException) -> None:
         """Count one skipped sample or shard and warn about it."""
@@ -95,13 +101,25 @@ class _DecodeStage(wds.PipelineStage):
         return True
 
     def run(self, src):
-        """Yield decoded samples of `src`, skipping those that fail."""
-        for sample in src:
-            try:
-                decode = decode_latent_sample if is_latent_sample(sample) else decode_sample
-                yield decode(sample, self.num_frames, self.frame_size)
-            except Exception as exc:  # noqa: BLE001 - a bad sample must not kill a worker
-                self.skip(f"sample {sample.get('__key__')!r} of {sample.get('__url__')}", exc)
+        """Yield decoded samples of `src`, skipping those that fail and those the filters drop."""
+        try:
+            for sample in src:
+                try:
+                    # Filtered on the metadata, before the clip is decoded: a dropped clip costs no decode.
+                    if META_KEY in sample and self.filters.drops(sample[META_KEY], self.filtered):
+                        continue
+                    decode = decode_latent_sample if is_latent_sample(sample) else decode_sample
+                    yield decode(sample, self.num_frames, self.frame_size)
+                except Exception as exc:  # noqa: BLE001 - a bad sample must not kill a worker
+                    self.skip(f"sample {sample.get('__key__')!r} of {sample.get('__url__')}", exc)
+        finally:
+            if self.filtered:
+                log.info("dv.data %s worker %d: filters dropped %s so far", self.name, _worker()[0], _counts(self.filtered))
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """`{"cut": 3, "unscored": 2}` as "cut: 3, unscored: 2 (kept: no scores)"."""
+    return ", ".join(f"{k}: {v}" + (" (kept: no scores)" if k == "unscored" else "") for k, v in sorted(counts.items()))
 
 
 class _Shuffle(wds.PipelineStage):
@@ -191,6 +209,7 @@ class VideoDataModule(LightningDataModule):
         frame_size: int | None = None,
         seed: int = 0,
         val_batch_size: int | None = None,
+        filters: ClipFilter | None = None,
     ):
         """Configure the data.
 
@@ -209,6 +228,10 @@ class VideoDataModule(LightningDataModule):
                 None keeps the stored size.
             seed: seed of shard resampling and shuffling.
             val_batch_size: validation clips per batch; None uses ``batch_size``.
+            filters: drop training and validation clips by their scores (format-2 shards):
+                ``{min_motion: 0.3, max_motion: 8.0, drop_cuts: true}``; None keeps every clip.
+                Motion is in % of the frame side per clip frame (``python -m data_prep stats``
+                shows its distribution).
         """
         super().__init__()
         problems = []
@@ -228,6 +251,7 @@ class VideoDataModule(LightningDataModule):
                 problems.append(f"{name} must be at least 1 or null, got {value}")
         if problems:
             raise ConfigError("; ".join(problems))
+        self.filters = ClipFilter.from_config(filters)
         # No save_hyperparameters(): it keeps the caller's frame in a reference cycle, which delays
         # freeing the DataLoader until a gc pass that drops its worker-shutdown messages (a 5 s hang
         # per persistent worker). LightningCLI records the datamodule's config anyway.
@@ -245,6 +269,15 @@ class VideoDataModule(LightningDataModule):
         """Samples (and unreadable shard data) skipped so far in this process (workers log their own)."""
         return sum(d.skipped for d in self._decoders)
 
+    @property
+    def filtered_by_reason(self) -> dict[str, int]:
+        """Clips the filters dropped so far in this process, by reason ("unscored": kept, no scores)."""
+        total: dict[str, int] = {}
+        for decoder in self._decoders:
+            for reason, n in decoder.filtered.items():
+                total[reason] = total.get(reason, 0) + n
+        return total
+
     def setup(self, stage: str | None = None, rank: int | None = None, world_size: int | None = None) -> None:
         """Find this process's rank and world size (explicit, the Trainer's, torch.distributed's, or 0/1)."""
         if rank is None and self.trainer is not None:
@@ -257,7 +290,7 @@ class VideoDataModule(LightningDataModule):
 
     def _decoder(self, name: str) -> _DecodeStage:
         """A new decode stage whose skip count this module reports."""
-        stage = _DecodeStage(self.num_frames, self.frame_size, name)
+        stage = _DecodeStage(self.num_frames, self.frame_size, name, self.filters)
         self._decoders.append(stage)
         return stage
 

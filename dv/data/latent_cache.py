@@ -45,9 +45,10 @@ from dv.data.shards import (
     temp_name,
     write_stats,
 )
+from dv.data.filters import ClipFilter
 from dv.errors import ConfigError
 
-_SAME = ("kind", "num_frames", "frame_size", "vae", "text_encoder", "dtype")
+_SAME = ("kind", "num_frames", "frame_size", "vae", "text_encoder", "dtype", "filters")
 """Settings a finished latent shard must share with a rerun that would otherwise skip it."""
 
 
@@ -80,6 +81,8 @@ class CacheConfig:
     """DataLoader processes decoding video shards (0 decodes in this process)."""
     num_nodes: int = 1
     node_rank: int = 0
+    filters: ClipFilter | None = None
+    """Leave out clips by their scores (the recipe's data.filters); counted in each shard's stats."""
 
     def validate(self, shards: list[str]) -> None:
         """Refuse settings that cannot work and outputs that would overwrite each other or the video shards."""
@@ -103,6 +106,7 @@ class CacheConfig:
             "vae": encoders.vae,
             "text_encoder": encoders.text_encoder if encoders.text is not None else None,
             "dtype": str(LATENT_DTYPE).removeprefix("torch."),
+            "filters": ClipFilter.from_config(self.filters).settings(),
         }
 
 
@@ -116,11 +120,14 @@ class CacheSummary:
     clips_written: int = 0
     bytes_written: int = 0
     skipped_by_reason: Counter = field(default_factory=Counter)
+    filtered_by_reason: Counter = field(default_factory=Counter)
     duration_s: float = 0.0
 
     def report(self) -> str:
         """A few human lines: shards, clips, bytes, skipped clips by reason, failures."""
         totals = f"clips encoded: {self.clips_written} ({self.bytes_written / 2**20:.1f} MiB) in {self.duration_s:.1f}s"
+        if self.filtered_by_reason:
+            totals += "; filters: " + ", ".join(f"{k}: {v}" for k, v in sorted(self.filtered_by_reason.items()))
         return build_report("latent shards", len(self.shards_written), len(self.shards_already_complete),
                             self.shards_failed, totals, self.skipped_by_reason, "clips")
 
@@ -129,12 +136,14 @@ class _ShardClips(IterableDataset):
     """Decoded clips of whole video shards (each DataLoader worker takes every W-th shard), each shard closed by an end item.
 
     Items: ``{"shard", "key", "video", "caption", "meta"}`` for a clip, ``{"shard", "key", "skip"}``
-    for a clip that does not decode, ``{"shard", "end": True, "error"}`` when a shard is read through
-    (``error`` says why reading stopped early, which fails the shard).
+    for a clip that does not decode, ``{"shard", "key", "filtered"}`` for a clip the filters leave out,
+    ``{"shard", "end": True, "error"}`` when a shard is read through (``error`` says why reading
+    stopped early, which fails the shard).
     """
 
-    def __init__(self, shards: list[str], num_frames: int | None, frame_size: int | None):
+    def __init__(self, shards: list[str], num_frames: int | None, frame_size: int | None, filters: ClipFilter | None = None):
         self.shards, self.num_frames, self.frame_size = shards, num_frames, frame_size
+        self.filters = filters or ClipFilter()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -144,6 +153,12 @@ class _ShardClips(IterableDataset):
             try:
                 for raw in wds.tarfile_samples([{"url": url}]):
                     key = raw.get("__key__")
+                    counts: dict[str, int] = {}
+                    dropped = META_KEY in raw and self.filters.drops(raw[META_KEY], counts)
+                    if counts:  # dropped (with its reason), or kept unscored (counted as such)
+                        yield {"shard": url, "key": key, "filtered": next(iter(counts)), "dropped": dropped}
+                    if dropped:
+                        continue
                     try:
                         clip = decode_sample(raw, self.num_frames, self.frame_size)
                     except Exception as exc:  # noqa: BLE001 - one bad clip must not stop the shard
@@ -181,6 +196,11 @@ class _OpenShard:
 
     def add(self, item: dict[str, Any]) -> int:
         """Take one item from the reader; returns the clips written by it (a full batch is encoded)."""
+        if "filtered" in item:
+            counts = self.stats.filtered_by_reason
+            counts[item["filtered"]] = counts.get(item["filtered"], 0) + 1
+            self.stats.sources_seen += item["dropped"]  # a kept unscored clip is seen when it arrives
+            return 0
         self.stats.sources_seen += 1
         if "skip" in item:
             self.stats.skip(item["key"], item["skip"])
@@ -266,7 +286,7 @@ def build_cache(shards: list[str], encoders: Encoders, cfg: CacheConfig, quiet: 
     todo, done = plan(shards, cfg, encoders)
     summary = CacheSummary(shards_already_complete=done)
     reader = DataLoader(
-        _ShardClips(todo, cfg.num_frames, cfg.frame_size),
+        _ShardClips(todo, cfg.num_frames, cfg.frame_size, ClipFilter.from_config(cfg.filters)),
         batch_size=None,
         num_workers=min(cfg.workers, len(todo)),
     )
@@ -280,7 +300,7 @@ def build_cache(shards: list[str], encoders: Encoders, cfg: CacheConfig, quiet: 
                     open_shards[url] = _OpenShard(url, cfg, encoders)
                 shard = open_shards[url]
                 if not item.get("end"):
-                    bar.update(int("skip" in item))
+                    bar.update(int("skip" in item or bool(item.get("dropped"))))
                     bar.update(shard.add(item))
                     continue
                 del open_shards[url]
@@ -294,6 +314,7 @@ def build_cache(shards: list[str], encoders: Encoders, cfg: CacheConfig, quiet: 
                 summary.clips_written += stats.samples_written
                 summary.bytes_written += stats.bytes_written
                 summary.skipped_by_reason.update(stats.skipped_by_reason)
+                summary.filtered_by_reason.update(stats.filtered_by_reason)
     finally:
         for shard in open_shards.values():  # interrupted: temp files stay behind, and the next run overwrites them
             shard.close()

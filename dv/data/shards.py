@@ -36,25 +36,27 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import io
 import json
 import os
 import re
+import struct
+import tarfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
-
-import io
-import struct
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from braceexpand import braceexpand
-from PIL import Image
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
 
 from dv.data.video import decode_mp4, resize_crop
 from dv.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch (latent samples, tensors) is imported where it is used: the shard builder writes video
+# shards with this module, and its workers stay free of torch's import cost and memory.
 
 VIDEO_KEY = "mp4"
 CAPTION_KEY = "txt"
@@ -65,9 +67,20 @@ REFERENCE_KEY = "reference.png"
 TEXT_KEY = "text.safetensors"
 LATENT_SAMPLE_KEYS = (POSTERIOR_KEY, REFERENCE_KEY, CAPTION_KEY, META_KEY)
 LATENT_KIND = "latents"  # settings["kind"] of a latent shard's stats
-LATENT_DTYPE = torch.bfloat16
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: clips carry ``scores`` and ``source_bit_rate``, stats carry per-clip ``clip_scores``; 1 lacks them (still read)."""
 TAR_MTIME = 0.0  # fixed member mtime, so the same input gives byte-identical tars
+
+
+
+def __getattr__(name: str):
+    """LATENT_DTYPE (torch.bfloat16), resolved on first use so that importing this module needs no torch."""
+    if name == "LATENT_DTYPE":
+        import torch
+
+        return torch.bfloat16
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _SHARD_NAME = re.compile(r"^(?P<prefix>.+)-(?P<index>[0-9]{6})\.tar$")
@@ -130,6 +143,12 @@ class ClipMeta:
     padded: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # source-specific: UCF class, camera move, ...
     format_version: int = FORMAT_VERSION
+    scores: dict[str, Any] = field(default_factory=dict)
+    """Curation scores (dv/data/scores.py): ``motion`` (% of the side per clip frame), ``cut`` (bool),
+    ``cut_frame`` (source frame index of the first frame after the cut, or None), ``cut_distance``
+    (largest neighbouring-frame histogram distance over the source span)."""
+    source_bit_rate: int | None = None
+    """Bits per second of the source video stream; None for rendered sources or when unknown."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
@@ -166,6 +185,8 @@ def decode_sample(sample: dict[str, Any], num_frames: int | None = None, frame_s
     frames = decode_mp4(bytes(sample[VIDEO_KEY]), max_frames=num_frames)
     if num_frames is not None and frames.shape[0] < num_frames:
         raise DataError(f"sample {sample.get('__key__')!r} has {frames.shape[0]} frames, fewer than {num_frames}")
+    import torch
+
     video = torch.from_numpy(np.ascontiguousarray(frames))
     if frame_size is not None:
         video = resize_crop(video, frame_size)
@@ -193,6 +214,11 @@ def encode_latent_sample(
     text_encoder: str | None = None,
 ) -> dict[str, Any]:
     """One latent sample as the dict a ``TarWriter`` writes: posterior (c, T, h, w), uint8 reference (H, W, 3), caption, meta."""
+    import torch
+    from PIL import Image
+    from safetensors.torch import save as save_tensors
+
+    from dv.data.shards import LATENT_DTYPE
     if mean.shape != logvar.shape or mean.dim() != 4:
         raise DataError(f"sample {key!r}: posterior mean {tuple(mean.shape)} and logvar {tuple(logvar.shape)} must be (c, T, h, w)")
     if reference.dtype != torch.uint8 or reference.dim() != 3 or reference.shape[-1] != 3:
@@ -225,6 +251,10 @@ def decode_latent_sample(sample: dict[str, Any], num_frames: int | None = None, 
     `num_frames` keeps the first N latent frames (exact: both autoencoders work frame by frame);
     the cached frame size cannot change, so a `frame_size` other than it raises DataError.
     """
+    import torch
+    from PIL import Image
+    from safetensors.torch import load as load_tensors
+
     name = sample.get("__key__")
     missing = [k for k in LATENT_SAMPLE_KEYS if k not in sample]
     if missing:
@@ -260,6 +290,36 @@ def decode_latent_sample(sample: dict[str, Any], num_frames: int | None = None, 
     return out
 
 
+class SampleTarWriter:
+    """Writes samples (``{"__key__": k, ext: bytes}``) to a tar stream, byte for byte as webdataset's
+    ``TarWriter(stream, encoder=False, mtime=TAR_MTIME)`` does, without importing webdataset (which
+    imports torch): members ``KEY.EXT`` in sorted order, mode 0444, owner bigdata, PAX format."""
+
+    def __init__(self, stream, mtime: float = TAR_MTIME):
+        self.tar = tarfile.open(fileobj=stream, mode="w|")
+        self.mtime = mtime
+
+    def write(self, sample: dict[str, Any]) -> None:
+        """Add one sample's members."""
+        key = sample["__key__"]
+        for ext in sorted(k for k in sample if not k.startswith("_")):
+            data = bytes(sample[ext])
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), self.mtime, 0o0444
+            info.uname = info.gname = "bigdata"
+            self.tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> None:
+        """Write the end-of-archive blocks."""
+        self.tar.close()
+
+    def __enter__(self) -> "SampleTarWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 @dataclass
 class ShardStats:
     """The ``.stats.json`` of one shard: what went in, what came out, why sources were skipped."""
@@ -277,6 +337,10 @@ class ShardStats:
     settings: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     bytes_written: int | None = None  # size of the finished tar, where the writer records it (latent shards do)
+    clip_scores: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Sample key -> its scores, source size and bit rate (format 2 video shards), for `data_prep stats`."""
+    filtered_by_reason: dict[str, int] = field(default_factory=dict)
+    """Clips left out by the recipe's filters (latent shards), by reason."""
 
     def skip(self, source_id: str, reason: str) -> None:
         """Record that a source gave no sample, with a short reason (first word = its kind)."""

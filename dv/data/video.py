@@ -3,26 +3,39 @@
 Frame indices count decoded frames in presentation order, starting at 0. A
 variable-frame-rate file is therefore sampled "in order": a stride of 4 means
 every 4th decoded frame, whatever the timestamps between them say. The nominal
-rate (``average_rate``) is recorded as the source fps. A display-matrix
-rotation (phone videos) is applied while decoding, so frames come out upright
-and sizes are display sizes.
+rate (``average_rate``) is recorded as the source fps; a raw elementary stream
+(``.h264``), whose container has no timing, takes its rate from the bitstream
+(the SPS timing), or else a stated assumption of 25 (``fps_assumed``). A
+display-matrix rotation (phone videos) is applied while decoding, so frames
+come out upright and sizes are display sizes.
+
+Reading seeks: :func:`index_frames` demuxes the packets once (no decoding) to
+map frame index -> presentation timestamp and to find the keyframes;
+:func:`read_span` then seeks to the keyframe at or before each wanted frame,
+decodes only up to the last wanted one and converts only the wanted frames.
+It checks every decoded frame's timestamp against the map and decodes from
+the start instead wherever the map cannot be trusted (no timestamps, duplicate
+timestamps, a seek that lands elsewhere, a frame the decoder drops), so the
+answer is always that of decoding from the start. Decoding uses one thread by
+default: shard builders run one process per core, and frame threads cost CPU.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from bisect import bisect_right
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import av
 import numpy as np
-import torch
-import torch.nn.functional as F
-from einops import rearrange
 
 from dv.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "VideoError",
@@ -34,6 +47,12 @@ __all__ = [
     "scaled_size",
     "center_crop",
     "resize_crop",
+    "FrameIndex",
+    "Span",
+    "index_frames",
+    "open_video",
+    "stream_rate",
+    "read_span",
     "read_frames",
     "encode_mp4",
     "decode_mp4",
@@ -66,6 +85,10 @@ class VideoInfo:
     num_frames: int
     rotation: int
     codec: str
+    bit_rate: int = 0
+    """Bits per second of the video stream (the container's total where the stream does not say; 0 unknown)."""
+    fps_assumed: bool = False
+    """True when neither the container nor the bitstream gives a frame rate and `fps` is the assumed 25."""
 
 
 def _open(source: str | Path | bytes) -> av.container.InputContainer:
@@ -87,10 +110,42 @@ def _video_stream(container) -> av.video.stream.VideoStream:
     return stream
 
 
-def _nominal_fps(stream) -> float:
-    """Nominal frame rate of a stream: average rate, else guessed rate, else 0."""
+_NO_TIMESTAMPS = 0x80  # AVFMT_NOTIMESTAMPS: a raw elementary stream (.h264, .hevc, .m4v), no container timing
+ASSUMED_FPS = 25.0
+"""The rate assumed for a raw stream whose bitstream carries no timing (FFmpeg's default for raw streams)."""
+
+
+def _is_raw_stream(container) -> bool:
+    """Whether the container is a raw elementary stream, whose 'average rate' is only FFmpeg's default of 25."""
+    return bool(container.format.flags & _NO_TIMESTAMPS)
+
+
+def _nominal_fps(stream, container=None) -> tuple[float, bool]:
+    """(frame rate, assumed?): the average rate, else guessed, else base; for a raw stream the bitstream's timing."""
+    if container is not None and _is_raw_stream(container):
+        # A raw stream's average_rate is the demuxer's default (25), not the video's: the
+        # decoder's framerate comes from the bitstream (H.264 SPS timing info) when present.
+        rate = stream.codec_context.framerate
+        return (float(rate), False) if rate else (ASSUMED_FPS, True)
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-    return float(rate) if rate else 0.0
+    return (float(rate), False) if rate else (0.0, False)
+
+
+def _bit_rate(container, stream) -> int:
+    """Bits per second of the video stream, else of the whole container, else 0."""
+    return int(stream.bit_rate or container.bit_rate or 0)
+
+
+def open_video(source: str | Path | bytes):
+    """An open PyAV input container of a file path or in-memory bytes (close it, or use it in ``with``)."""
+    return _open(source)
+
+
+def stream_rate(container) -> tuple[float, bool, int]:
+    """(fps, whether that fps is an assumption, bit rate) of an open container's first video stream."""
+    stream = _video_stream(container)
+    fps, assumed = _nominal_fps(stream, container)
+    return fps, assumed, _bit_rate(container, stream)
 
 
 def probe(path: str | Path) -> VideoInfo:
@@ -98,7 +153,7 @@ def probe(path: str | Path) -> VideoInfo:
     with _open(path) as container:
         stream = _video_stream(container)
         ctx = stream.codec_context
-        fps = _nominal_fps(stream)
+        fps, assumed = _nominal_fps(stream, container)
         num = int(stream.frames or 0)
         if num <= 0:
             # Containers such as mkv/webm carry no frame count: estimate from duration.
@@ -121,19 +176,84 @@ def probe(path: str | Path) -> VideoInfo:
             width, height = height, width
         if width <= 0 or height <= 0:
             raise VideoError("undecodable", "the video stream reports no frame size")
-        return VideoInfo(fps=fps, width=width, height=height, num_frames=num, rotation=rotation, codec=ctx.name)
+        return VideoInfo(
+            fps=fps, width=width, height=height, num_frames=num, rotation=rotation, codec=ctx.name,
+            bit_rate=_bit_rate(container, stream), fps_assumed=assumed,
+        )
 
 
 def count_frames(path: str | Path) -> int:
-    """Frames that really decode from a file (for containers that do not say)."""
-    n = 0
+    """Frames a file holds, for containers that do not say: its video packets, counted without decoding.
+
+    One packet is one frame for the codecs dv reads (raw streams go through FFmpeg's parser, which
+    splits them into frames). A file whose packets do not decode to as many frames is caught by
+    the reader, which reports how far decoding really got.
+    """
     with _open(path) as container:
-        try:
-            for _ in container.decode(_video_stream(container)):
-                n += 1
-        except av.FFmpegError:
-            pass  # a damaged tail: the frames before it count
-    return n
+        return index_frames(container).num_frames
+
+
+def _open_gop(packets: list[tuple[int | None, int | None, bool]]) -> bool:
+    """Whether a packet after a (non-first) keyframe, in decode order, shows before that keyframe."""
+    key_pts = None
+    for i, (pts, _, key) in enumerate(packets):
+        if key:
+            key_pts = pts if i else None
+        elif key_pts is not None and pts is not None and pts < key_pts:
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class FrameIndex:
+    """Where a stream's frames are, from its packets alone: frame i (presentation order) has timestamp ``pts[i]``.
+
+    ``keyframes`` lists (frame index, timestamp) of each keyframe in presentation order; ``seekable``
+    is False, with ``why`` saying so, when the timestamps cannot be trusted, and readers then decode
+    from the start.
+    """
+
+    num_frames: int
+    pts: tuple[int, ...] = ()
+    keyframes: tuple[tuple[int, int], ...] = ()
+    seekable: bool = False
+    why: str = ""
+
+
+def index_frames(container) -> FrameIndex:
+    """Demux the first video stream of an open container (no decoding) into a :class:`FrameIndex`.
+
+    The container is left at its end; readers seek before decoding.
+    """
+    stream = _video_stream(container)
+    packets: list[tuple[int | None, int | None, bool]] = []
+    why = ""
+    try:
+        for packet in container.demux(stream):
+            if packet.size and not packet.is_discard:  # size 0: the demuxer's end-of-stream flush packet
+                packets.append((packet.pts, packet.dts, packet.is_keyframe))
+    except av.FFmpegError as exc:
+        why = f"demuxing stopped early ({exc})"  # a damaged file: count what is there, decode from the start
+    n = len(packets)
+    pts = [p for p, _, _ in packets]
+    if why:
+        pass
+    elif _open_gop(packets):
+        why = "open GOP (frames decoded after a keyframe show before it and may need the previous GOP)"
+    elif _is_raw_stream(container) or any(p is None for p in pts):
+        why = "the stream has no timestamps (a raw stream)"
+    elif len(set(pts)) != n:
+        why = "two packets share a timestamp (hidden frames or a broken muxer)"
+    elif not any(key for _, _, key in packets):
+        why = "no packet is marked as a keyframe"
+    if why:
+        return FrameIndex(num_frames=n, why=why)
+    order = sorted(pts)
+    position = {p: i for i, p in enumerate(order)}
+    # Seek by presentation timestamp: mp4 and matroska index keyframes by it (seeking to a
+    # keyframe's earlier dts lands on the keyframe before).
+    keys = sorted((position[p], p) for p, _, key in packets if key)
+    return FrameIndex(num_frames=n, pts=tuple(order), keyframes=tuple(keys), seekable=True)
 
 
 def _frame_rotation(frame: av.VideoFrame) -> int:
@@ -195,6 +315,11 @@ def center_crop(frames: np.ndarray | torch.Tensor, size: int):
 
 def resize_crop(video: torch.Tensor, size: int) -> torch.Tensor:
     """Resize uint8 `(T, H, W, C)` frames so the short side is `size`, then centre-crop to square."""
+    # Imported here: the shard builder reads video without torch (a worker then holds no torch).
+    import torch
+    import torch.nn.functional as F
+    from einops import rearrange
+
     t, h, w, c = video.shape
     if (h, w) == (size, size):
         return video
@@ -223,34 +348,193 @@ def _frame_to_square(frame: av.VideoFrame, size: int | None, rotation: int) -> n
     return np.ascontiguousarray(rgb)
 
 
-def read_frames(
-    source: str | Path | bytes, indices: Iterable[int], size: int | None = None
-) -> tuple[dict[int, np.ndarray], int]:
-    """Decode the frames at `indices` (upright RGB, optionally resized + cropped to `size`).
+@dataclass
+class Span:
+    """What :func:`read_span` decoded: the wanted frames, luma thumbnails over the spans, and how it went."""
 
-    Returns ({index: frame}, number of frames decoded). Decoding stops after the
-    largest wanted index; a file that ends early simply returns fewer frames.
-    A file that is broken from the start raises DataError.
+    frames: dict[int, np.ndarray] = field(default_factory=dict)
+    """Wanted frame index -> upright RGB frame (resized and cropped when a size was given)."""
+    thumbs: dict[int, np.ndarray] = field(default_factory=dict)
+    """Frame index -> small uint8 luma image, for every frame inside one of the requested spans."""
+    end: int = 0
+    """Frames known to exist: one past the last frame decoded (a file that ends early says so here)."""
+    decoded: int = 0
+    """Frames the decoder produced (the work done)."""
+    seeks: int = 0
+    """Seeks made (0 when decoding from the start)."""
+    fallback: str = ""
+    """Why the frames were decoded from the start instead of seeking ('' when seeking worked)."""
+    display_size: tuple[int, int] = (0, 0)
+    """(w, h) of the decoded frames, upright."""
+
+
+_LUMA_FIRST = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21", "gray"}
+THUMB_SIDE = 64
+"""Short side of the luma thumbnails scores are computed on (about; a whole-pixel stride of the frame)."""
+
+
+def _luma_thumb(frame: av.VideoFrame) -> np.ndarray:
+    """A small uint8 luma image of a frame: every k-th pixel of its Y plane, no colour conversion."""
+    step = max(1, min(frame.width, frame.height) // THUMB_SIDE)
+    if frame.format.name in _LUMA_FIRST:
+        # Strided view of the decoder's own luma plane: microseconds, where a swscale call costs a millisecond at 4K.
+        plane = frame.planes[0]
+        rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[: frame.height, : frame.width]
+        return rows[::step, ::step].copy()
+    w, h = max(1, frame.width // step), max(1, frame.height // step)
+    return frame.reformat(width=w, height=h, format="gray").to_ndarray()
+
+
+class _Reader:
+    """Collects wanted frames and span thumbnails from decoded frames, by frame index."""
+
+    def __init__(self, wanted: set[int], size: int | None, spans: Sequence[tuple[int, int]]):
+        self.wanted, self.size, self.spans = wanted, size, sorted(spans)
+        self.span = Span()
+
+    def take(self, index: int, frame: av.VideoFrame) -> None:
+        """Keep what is wanted of frame `index`."""
+        span = self.span
+        span.decoded += 1
+        span.end = max(span.end, index + 1)
+        rotation = _frame_rotation(frame)
+        if not span.display_size[0]:
+            span.display_size = (frame.height, frame.width) if rotation % 180 else (frame.width, frame.height)
+        if index in self.wanted:
+            span.frames[index] = _frame_to_square(frame, self.size, rotation)
+        if any(a <= index <= b for a, b in self.spans):
+            span.thumbs[index] = _luma_thumb(frame)
+
+    def reset(self) -> None:
+        """Forget everything (a seek went wrong: decode from the start instead)."""
+        work, seeks = self.span.decoded, self.span.seeks
+        self.span = Span(decoded=work, seeks=seeks)
+
+
+def _decode_from_start(container, stream, reader: _Reader, last: int) -> None:
+    """Decode in order from the first frame up to frame `last`; a damaged file keeps what came before the damage."""
+    index = 0
+    try:
+        for frame in container.decode(stream):
+            reader.take(index, frame)
+            index += 1
+            if index > last:
+                break
+    except av.FFmpegError as exc:
+        if index == 0:
+            raise VideoError("undecodable", f"cannot decode video ({exc})") from exc
+
+
+def _decode_seeking(container, stream, reader: _Reader, index: FrameIndex, todo: list[int]) -> str:
+    """Seek to the keyframe before each group of wanted frames and decode forward; '' or why it must start over.
+
+    A group continues while the next wanted frame's keyframe is not ahead of where decoding
+    stands (seeking would decode no less). Every decoded frame's timestamp must be the next one
+    the index expects, or the index is wrong and the caller decodes from the start.
     """
-    wanted = set(int(i) for i in indices)
-    last = max(wanted) if wanted else -1
-    out: dict[int, np.ndarray] = {}
-    decoded = 0
-    with _open(source) as container:
-        stream = _video_stream(container)
-        stream.thread_type = "AUTO"
+    key_frames = [k for k, _ in index.keyframes]
+    position = {p: i for i, p in enumerate(index.pts)}
+    j = 0
+    while j < len(todo):
+        k = key_frames[bisect_right(key_frames, todo[j]) - 1] if key_frames[0] <= todo[j] else 0
+        seek_ts = dict(index.keyframes).get(k, index.pts[0])
+        try:
+            container.seek(seek_ts, stream=stream, backward=True, any_frame=False)
+        except av.FFmpegError as exc:
+            return f"seek failed ({exc})"
+        reader.span.seeks += 1
+        expect = k
         try:
             for frame in container.decode(stream):
-                if decoded in wanted:
-                    out[decoded] = _frame_to_square(frame, size, _frame_rotation(frame))
-                decoded += 1
-                if decoded > last:
-                    break
+                i = position.get(frame.pts)
+                if i is None:
+                    return f"a decoded frame has a timestamp ({frame.pts}) no packet had"
+                if i < expect:
+                    reader.span.decoded += 1
+                    continue  # decoded on the way to the keyframe (the seek landed earlier): not needed
+                if i != expect:
+                    return f"frame {expect} did not come out of the decoder after a seek (got {i})"
+                reader.take(i, frame)
+                expect += 1
+                while j < len(todo) and todo[j] < expect:
+                    j += 1
+                if j == len(todo):
+                    return ""
+                ahead = bisect_right(key_frames, todo[j]) - 1
+                if key_frames[ahead] > expect:
+                    break  # a keyframe lies between here and the next wanted frame: seek to it
+            else:
+                return ""  # the end of the stream: the caller sees which frames are missing
         except av.FFmpegError as exc:
-            # A truncated file decodes up to the damage; keep what came out, if anything.
-            if decoded == 0:
-                raise VideoError("undecodable", f"cannot decode video ({exc})") from exc
-    return out, decoded
+            if reader.span.decoded == 0:
+                return f"cannot decode after a seek ({exc})"
+            return ""  # a damaged tail: frames before it were kept
+    return ""
+
+
+def read_span(
+    source: str | Path | bytes,
+    indices: Iterable[int],
+    size: int | None = None,
+    spans: Sequence[tuple[int, int]] = (),
+    threads: int = 1,
+    index: FrameIndex | None = None,
+    container=None,
+) -> Span:
+    """Decode the frames at `indices` (upright RGB, optionally resized + cropped to `size`), seeking first.
+
+    `spans` are inclusive (first, last) frame ranges whose every frame also gives a luma thumbnail
+    (scene-cut tests). `threads` is the decoder's thread count (0: FFmpeg's choice). `index` and an
+    open `container` can be passed when the caller already has them (one open, one demux pass per file).
+    A file that ends early returns fewer frames (``end`` says where it ended); a file broken from the
+    start raises DataError.
+    """
+    wanted = {int(i) for i in indices}
+    spans = [(int(a), int(b)) for a, b in spans]
+    reader = _Reader(wanted, size, spans)
+    if not wanted and not spans:
+        return reader.span
+    # Every frame of a span is needed (for its thumbnail), so decoding never seeks past one.
+    todo = sorted(wanted.union(*(range(a, b + 1) for a, b in spans)))
+    owned = container is None
+    container = _open(source) if owned else container
+    try:
+        if index is None:
+            index = index_frames(container)
+        why = index.why or _decode_seeking(container, _decoder(container, threads), reader, index, todo)
+    finally:
+        if owned:
+            container.close()
+    if why:
+        # Decode from the start in a fresh container: the demux pass (or a failed seek) left this one
+        # elsewhere, and raw streams cannot seek back at all.
+        reader.reset()
+        with _open(source) as again:
+            _decode_from_start(again, _decoder(again, threads), reader, todo[-1])
+        reader.span.fallback = why
+    return reader.span
+
+
+def _decoder(container, threads: int):
+    """The first video stream of a container, its decoder set to `threads` threads (0: FFmpeg's choice)."""
+    stream = _video_stream(container)
+    if threads != 1:
+        stream.thread_type = "AUTO"
+    stream.thread_count = threads
+    return stream
+
+
+def read_frames(
+    source: str | Path | bytes, indices: Iterable[int], size: int | None = None, threads: int = 1
+) -> tuple[dict[int, np.ndarray], int]:
+    """Decode the frames at `indices` (upright RGB, optionally resized + cropped to `size`), seeking first.
+
+    Returns ({index: frame}, frames known to exist: one past the last frame decoded). Decoding
+    stops after the largest wanted index; a file that ends early simply returns fewer frames. A
+    file that is broken from the start raises DataError. See :func:`read_span`.
+    """
+    span = read_span(source, indices, size, threads=threads)
+    return span.frames, span.end
 
 
 def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18, preset: str = "fast") -> bytes:
@@ -286,8 +570,11 @@ def write_video(
             stream.options = options
         if rotation:
             stream.set_display_rotation(rotation)
-        for frame in frames:
+        for i, frame in enumerate(frames):
             video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            # Explicit timestamps: left unset, x264's macroblock-tree rate control sometimes saw
+            # varying ones, and small clips then encoded to different bytes from run to run.
+            video_frame.pts = i
             for packet in stream.encode(video_frame):
                 container.mux(packet)
         for packet in stream.encode():
