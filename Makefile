@@ -44,10 +44,10 @@ DEMO_DATA = --data.init_args.train_shards="$(SHARDS)/train-*.tar" --data.init_ar
 	--trainer.logger.init_args.save_dir=$(RUNS)
 demo: shards
 	$(PY) -m dv.data.datamodule --shards "$(SHARDS)/train-*.tar" --batch-size 4
-	$(DV) fit --recipe recipes/demo-t2v.yaml --ckpt_path last $(DEMO_DATA) $(FIT_ARGS)
+	$(DV) fit --recipe recipes/demo-t2v.yaml --resume-if-exists $(DEMO_DATA) $(FIT_ARGS)
 	$(DV) export --recipe $(RUNS)/demo-t2v/latest/config.yaml --ckpt $(RUNS)/demo-t2v/latest/checkpoints/last.ckpt \
 		--out $(RUNS)/demo-t2v/export.safetensors
-	$(DV) fit --recipe recipes/demo.yaml --ckpt_path last $(DEMO_DATA) $(FIT_ARGS) \
+	$(DV) fit --recipe recipes/demo.yaml --resume-if-exists $(DEMO_DATA) $(FIT_ARGS) \
 		--model.init_args.backbone.unet_weights='[$(RUNS)/demo-t2v/export.safetensors]'
 	$(DV) export --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/latest/checkpoints/last.ckpt \
 		--out $(RUNS)/demo/export.safetensors
@@ -85,15 +85,15 @@ claims-models: claims-backbone
 
 claims-backbone: install
 	$(PY) -m data_prep build --source camera-pans --out $(CLAIMS_SHARDS) --size 96 --clips-per-video 4
-	$(DV) fit --recipe recipes/claims-t2v.yaml --ckpt_path last $(CLAIMS_DATA)
+	$(DV) fit --recipe recipes/claims-t2v.yaml --resume-if-exists $(CLAIMS_DATA)
 	$(DV) export --recipe $(RUNS)/claims-t2v/latest/config.yaml --ckpt $(RUNS)/claims-t2v/latest/checkpoints/last.ckpt \
 		--out $(RUNS)/claims-t2v/export.safetensors
 
 claims-dreamvideo:
-	OMP_NUM_THREADS=1 $(DV) fit --recipe recipes/claims.yaml --ckpt_path last $(CLAIMS_DATA) $(CLAIMS_BACKBONE)
+	OMP_NUM_THREADS=1 $(DV) fit --recipe recipes/claims.yaml --resume-if-exists $(CLAIMS_DATA) $(CLAIMS_BACKBONE)
 
 claims-dynamicrafter:
-	OMP_NUM_THREADS=1 $(DV) fit --recipe recipes/claims-dynamicrafter.yaml --ckpt_path last $(CLAIMS_DATA) $(CLAIMS_BACKBONE)
+	OMP_NUM_THREADS=1 $(DV) fit --recipe recipes/claims-dynamicrafter.yaml --resume-if-exists $(CLAIMS_DATA) $(CLAIMS_BACKBONE)
 
 app: install
 	@test -f $(RUNS)/demo/export.safetensors || { echo "no demo model in $(RUNS)/demo: run make demo first"; exit 1; }

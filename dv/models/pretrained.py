@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -405,13 +404,7 @@ def save_dv_weights(path: PathLike, state_dict: Mapping[str, Tensor], metadata: 
             value = value.clone()
         seen.add(value.untyped_storage().data_ptr())
         tensors[key] = value
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        safetensors.torch.save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from dv.atomic import atomic_write
+
+    with atomic_write(path) as tmp:  # whole or not at all; mode 0666 less the umask
+        safetensors.torch.save_file(tensors, str(tmp), metadata=meta)
