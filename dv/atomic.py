@@ -26,7 +26,12 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     If the block fails, the temp file is removed and `path` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        from dv.errors import ConfigError
+
+        raise ConfigError(f"cannot write {str(path)!r}: a part of {str(path.parent)!r} is a file, not a folder") from None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:

@@ -71,7 +71,12 @@ def load_checkpoint(path: str) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise WeightsError(f"checkpoint {path!r} cannot be read safely (weights_only): {str(e).splitlines()[0]}") from None
+        # torch's own messages run to several sentences of advice about weights_only; the first says what failed.
+        first = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:160]
+        raise WeightsError(
+            f"checkpoint {path!r} cannot be read (empty, truncated, or not a weights-only torch checkpoint): "
+            f"{type(e).__name__}{': ' + first if first else ''}"
+        ) from None
 
 
 def restore_trained_weights(module: L.LightningModule, ckpt_path: str, use_ema: bool = True) -> dict:

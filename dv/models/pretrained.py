@@ -392,7 +392,6 @@ def load_dv_weights(path: PathLike, module: nn.Module, part: str | None = None) 
 def save_dv_weights(path: PathLike, state_dict: Mapping[str, Tensor], metadata: Mapping[str, object]) -> None:
     """Write a dv safetensors export atomically (temp file in the same folder, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     meta = {"dv_version": DV_VERSION, **meta, "format": "dv"}
     tensors: dict[str, Tensor] = {}
