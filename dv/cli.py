@@ -17,12 +17,24 @@ RESUME_IF_EXISTS = "--resume-if-exists"
 """`dv fit` flag: resume the run folder's last checkpoint when there is one, else train from scratch."""
 
 
+def _strategy_class(value: str) -> str | None:
+    """The class path a `--trainer.strategy` value names: a dotted path, or dv's short name `dv_fsdp`; else None.
+
+    Passed on as a class path, its init arguments can follow (`--trainer.strategy.sharding_strategy=...`); a
+    registry name cannot take them.
+    """
+    if value == "dv_fsdp":
+        return "dv.strategies.DVFSDPStrategy"
+    return value if "." in value else None
+
+
 def _recipe_to_config(args: list[str]) -> list[str]:
     """LightningCLI names its YAML `--config` and checkpoint `--ckpt_path`; dv also says `--recipe` and `--ckpt`.
 
     Checkpoints load with weights_only=True unless asked otherwise. A strategy given as a class path,
-    `--trainer.strategy=dv.strategies.DVFSDPStrategy`, is passed on as `--trainer.strategy.class_path=...`:
-    given as a plain value, LightningCLI takes it for a registry name and lower-cases it.
+    `--trainer.strategy=dv.strategies.DVFSDPStrategy`, or as `dv_fsdp`, is passed on as
+    `--trainer.strategy.class_path=...`: given as a plain value, LightningCLI takes it for a registry name
+    and lower-cases it, and a registry name takes no `--trainer.strategy.sharding_strategy=...`.
     """
     out = []
     args = list(args)
@@ -36,10 +48,10 @@ def _recipe_to_config(args: list[str]) -> list[str]:
             out.append("--ckpt_path")
         elif a.startswith("--ckpt="):
             out.append("--ckpt_path=" + a.split("=", 1)[1])
-        elif a == "--trainer.strategy" and args and "." in args[0]:
-            out.append("--trainer.strategy.class_path=" + args.pop(0))
-        elif a.startswith("--trainer.strategy=") and "." in a.split("=", 1)[1]:
-            out.append("--trainer.strategy.class_path=" + a.split("=", 1)[1])
+        elif a == "--trainer.strategy" and args and _strategy_class(args[0]):
+            out.append("--trainer.strategy.class_path=" + _strategy_class(args.pop(0)))
+        elif a.startswith("--trainer.strategy=") and _strategy_class(a.split("=", 1)[1]):
+            out.append("--trainer.strategy.class_path=" + _strategy_class(a.split("=", 1)[1]))
         else:
             out.append(a)
     if not any(a.startswith("--weights_only") for a in out) and not any(a in ("-h", "--help") for a in out):
