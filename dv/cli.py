@@ -61,8 +61,6 @@ def _recipe_to_config(args: list[str]) -> list[str]:
 
 def run_lightning(args: list[str]) -> None:
     """Hand the command to LightningCLI (dv's DVLightningCLI) with dv's defaults; its parse errors are ConfigErrors."""
-    import argparse as _argparse
-
     import lightning as L
 
     import dv.strategies  # noqa: F401 - registers the `dv_fsdp` strategy name
@@ -87,7 +85,7 @@ def run_lightning(args: list[str]) -> None:
             parser_kwargs={"prog": "dv", **strict, **{name: dict(strict) for name in LIGHTNING_COMMANDS}},
             resume_if_exists=resume_if_exists,
         )
-    except _argparse.ArgumentError as e:
+    except argparse.ArgumentError as e:
         raise ConfigError(f"{argument_error_line(str(e))} (see `dv {args[0]} --help`)") from None
 
 

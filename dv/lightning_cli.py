@@ -42,15 +42,15 @@ class DVLightningCLI(LightningCLI):
             model = config.get("model")
             check_checkpoint(ckpt_path, getattr(model, "class_path", None) if model is not None else None)
 
-    def instantiate_classes(self) -> None:
-        """LightningCLI's, with Lightning's own refusals of a setting (a ValueError or MisconfigurationException
-        from the Trainer's or a callback's constructor) turned into one-line ConfigErrors."""
+    def instantiate_trainer(self, **kwargs: Any):
+        """LightningCLI's, with the Trainer's own refusals of a setting (a ValueError or MisconfigurationException
+        from its constructor, e.g. an unknown strategy name) turned into one-line ConfigErrors."""
         from lightning.fabric.utilities.exceptions import MisconfigurationException
 
         try:
-            super().instantiate_classes()
-        except (ValueError, TypeError, MisconfigurationException) as e:
-            raise ConfigError(f"{type(e).__name__}: {first_line(str(e))}") from e
+            return super().instantiate_trainer(**kwargs)
+        except (ValueError, MisconfigurationException) as e:
+            raise ConfigError(f"trainer: {first_line(str(e))}") from e
 
     def before_fit(self) -> None:
         """Resolve `last` and refuse to mix two runs in one folder."""

@@ -69,7 +69,7 @@ def with_stride(batch: dict[str, Any]) -> dict[str, Any]:
 
 
 class _DecodeStage(wds.PipelineStage):
-    """Raw samples -> decoded samples; a failure is logged, counted and skipped, never raised."""
+    """Raw samples -> decoded samples; a failure is logged, counted and skipped (a stream that reads nothing stops)."""
 
     def __init__(self, num_frames: int | None, frame_size: int | None, name: str, give_up_after: int | None = None):
         self.num_frames, self.frame_size, self.name = num_frames, frame_size, name
@@ -103,7 +103,7 @@ class _DecodeStage(wds.PipelineStage):
             return
         raise DataError(
             f"the {self.name} shards gave no readable sample in {failures} tries (last: {what}: {type(exc).__name__}: "
-            f"{str(exc)[:200]}); check them with `python -m dv.data.datamodule --shards ...`"
+            f"{' '.join(str(exc).split())[:200]}); check them with `python -m dv.data.datamodule --shards ...`"
         )
 
     def handle_tar_error(self, exc: BaseException) -> bool:
