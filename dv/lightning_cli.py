@@ -62,9 +62,10 @@ class DVLightningCLI(LightningCLI):
             self._refuse_used_run_folder()
 
     def before_validate(self) -> None:
-        """`last` must name a checkpoint in validate too (Lightning would validate the untrained recipe)."""
-        if self.config_init["validate"].get("ckpt_path") == "last":
-            self.config_init["validate"]["ckpt_path"] = self._last_checkpoint(required=True)
+        """`last` must name a checkpoint in validate/test/predict too (Lightning would run the untrained recipe)."""
+        kwargs = self.config_init[self.subcommand]
+        if kwargs.get("ckpt_path") == "last":
+            kwargs["ckpt_path"] = self._last_checkpoint(required=True)
 
     before_test = before_predict = before_validate
 
@@ -115,7 +116,8 @@ def check_checkpoint(path: str, model_class: str | None) -> None:
         return  # a DVFSDPStrategy shard folder: the strategy checks its weights when it loads
     from dv.recipe import load_checkpoint
 
-    checkpoint = load_checkpoint(path)  # missing, empty, truncated or foreign files: WeightsError
+    # Memory-mapped: only the metadata is read here; Lightning loads the tensors once, later.
+    checkpoint = load_checkpoint(path, mmap=True)  # missing, empty, truncated or foreign files: WeightsError
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise WeightsError(f"checkpoint {path!r} is not a Lightning checkpoint (it has no state_dict)")
     saved = (checkpoint.get("hyper_parameters") or {}).get("_class_path")

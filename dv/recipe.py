@@ -64,12 +64,12 @@ def build_datamodule(recipe_path: str) -> L.LightningDataModule:
     return _instantiate(recipe["data"], L.LightningDataModule, "data", recipe_path)
 
 
-def load_checkpoint(path: str) -> dict:
-    """A dv training checkpoint (Lightning .ckpt), read with weights_only=True."""
+def load_checkpoint(path: str, mmap: bool = False) -> dict:
+    """A dv training checkpoint (Lightning .ckpt), read with weights_only=True (memory-mapped: tensors read lazily)."""
     if not os.path.isfile(path):
         raise WeightsError(f"checkpoint {path!r} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
         # torch's own messages run to several sentences of advice about weights_only; the first says what failed.
         first = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:160]

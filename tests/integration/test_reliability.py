@@ -140,6 +140,8 @@ def test_rerun_into_a_used_run_folder_and_resume_flags(tmp_path, pans_shards, ca
     assert load(ckpts / "last.ckpt")["global_step"] == 1
     line = one_line_error(capsys, dv_main(["fit", "--recipe", str(recipe)]))
     assert "already holds a run" in line
+    assert dv_main(["test", "--recipe", str(recipe), "--ckpt_path", "last",
+                    f"--data.init_args.test_shards={pans_shards / 'val-*.tar'}"]) == 0  # `last` resolves in test too
     assert [p.name for p in ckpts.iterdir()] == ["last.ckpt"], "no last-v1.ckpt beside it"
     fit(recipe, "--resume-if-exists", "--trainer.max_steps=2")
     assert load(ckpts / "last.ckpt")["global_step"] == 2
