@@ -41,14 +41,14 @@ tiny-shards: install
 	$(PY) -m data_prep build --source camera-pans --out $(TINY_SHARDS) --size 64 --frames 8 --clips-per-video 16
 
 # The shipped models (pretrained/), from scratch: the T2V backbone, then DreamVideo and the DynamiCrafter-style model
-# on it side by side (one thread each). Interrupted, it resumes (--ckpt_path last). Each stage ends in a `dv export`
+# on it side by side (one thread each). Interrupted, it resumes (--resume-if-exists). Each stage ends in a `dv export`
 # into pretrained/NAME/model.safetensors; git diff shows whether the weights changed.
 TINY_DATA = --data.init_args.train_shards="$(TINY_SHARDS)/train-*.tar" --data.init_args.val_shards="$(TINY_SHARDS)/val-*.tar" \
 	--trainer.logger.init_args.save_dir=$(RUNS)
 pretrained: pretrained-image-models
 
 pretrained-t2v: tiny-shards
-	$(DV) fit --recipe pretrained/tiny-t2v/config.yaml --ckpt_path last $(TINY_DATA)
+	$(DV) fit --recipe pretrained/tiny-t2v/config.yaml --resume-if-exists $(TINY_DATA)
 	$(DV) export --recipe $(RUNS)/tiny-t2v/latest/config.yaml --ckpt $(RUNS)/tiny-t2v/latest/checkpoints/last.ckpt \
 		--out pretrained/tiny-t2v/model.safetensors
 
@@ -56,7 +56,7 @@ pretrained-image-models: pretrained-t2v
 	$(MAKE) -j2 pretrained-dreamvideo pretrained-dynamicrafter
 
 pretrained-dreamvideo pretrained-dynamicrafter: pretrained-%:
-	OMP_NUM_THREADS=1 $(DV) fit --recipe pretrained/tiny-$*/config.yaml --ckpt_path last $(TINY_DATA)
+	OMP_NUM_THREADS=1 $(DV) fit --recipe pretrained/tiny-$*/config.yaml --resume-if-exists $(TINY_DATA)
 	$(DV) export --recipe $(RUNS)/tiny-$*/latest/config.yaml --ckpt $(RUNS)/tiny-$*/latest/checkpoints/last.ckpt \
 		--out pretrained/tiny-$*/model.safetensors
 
@@ -69,7 +69,7 @@ DEMO_PHOTO ?= rocket
 DEMO_PROMPT ?= the camera pans left over a photo of a rocket on a launch pad
 demo: tiny-shards
 	$(PY) -m dv.data.datamodule --shards "$(TINY_SHARDS)/train-*.tar" --batch-size 4
-	$(DV) fit --recipe recipes/demo.yaml --ckpt_path last $(TINY_DATA) $(FIT_ARGS)
+	$(DV) fit --recipe recipes/demo.yaml --resume-if-exists $(TINY_DATA) $(FIT_ARGS)
 	$(DV) export --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/latest/checkpoints/last.ckpt \
 		--out $(RUNS)/demo/export.safetensors
 	$(DV) validate --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/latest/checkpoints/last.ckpt

@@ -4,21 +4,42 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from dv import __version__
-from dv.errors import DVError
+from dv.errors import ConfigError, DVError
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+RESUME_IF_EXISTS = "--resume-if-exists"
+"""`dv fit` flag: resume the run folder's last checkpoint when there is one, else train from scratch."""
+
+
+def _strategy_class(value: str) -> str | None:
+    """The class path a `--trainer.strategy` value names: a dotted path, or dv's short name `dv_fsdp`; else None.
+
+    Passed on as a class path, its init arguments can follow (`--trainer.strategy.sharding_strategy=...`); a
+    registry name cannot take them.
+    """
+    if value == "dv_fsdp":
+        return "dv.strategies.DVFSDPStrategy"
+    return value if "." in value else None
 
 
 def _recipe_to_config(args: list[str]) -> list[str]:
     """LightningCLI names its YAML `--config` and checkpoint `--ckpt_path`; dv also says `--recipe` and `--ckpt`.
 
-    Checkpoints load with weights_only=True unless asked otherwise.
+    Checkpoints load with weights_only=True unless asked otherwise. A strategy given as a class path,
+    `--trainer.strategy=dv.strategies.DVFSDPStrategy`, or as `dv_fsdp`, is passed on as
+    `--trainer.strategy.class_path=...`: given as a plain value, LightningCLI takes it for a registry name
+    and lower-cases it, and a registry name takes no `--trainer.strategy.sharding_strategy=...`.
     """
     out = []
-    for a in args:
+    args = list(args)
+    while args:
+        a = args.pop(0)
         if a == "--recipe":
             out.append("--config")
         elif a.startswith("--recipe="):
@@ -27,6 +48,10 @@ def _recipe_to_config(args: list[str]) -> list[str]:
             out.append("--ckpt_path")
         elif a.startswith("--ckpt="):
             out.append("--ckpt_path=" + a.split("=", 1)[1])
+        elif a == "--trainer.strategy" and args and _strategy_class(args[0]):
+            out.append("--trainer.strategy.class_path=" + _strategy_class(args.pop(0)))
+        elif a.startswith("--trainer.strategy=") and _strategy_class(a.split("=", 1)[1]):
+            out.append("--trainer.strategy.class_path=" + _strategy_class(a.split("=", 1)[1]))
         else:
             out.append(a)
     if not any(a.startswith("--weights_only") for a in out) and not any(a in ("-h", "--help") for a in out):
@@ -35,19 +60,33 @@ def _recipe_to_config(args: list[str]) -> list[str]:
 
 
 def run_lightning(args: list[str]) -> None:
-    """Hand the command to LightningCLI with dv's defaults."""
+    """Hand the command to LightningCLI (dv's DVLightningCLI) with dv's defaults; its parse errors are ConfigErrors."""
     import lightning as L
-    from lightning.pytorch.cli import LightningCLI
 
-    LightningCLI(
-        L.LightningModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=_recipe_to_config(args),
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": f"dv {args[0]}"},
-    )
+    import dv.strategies  # noqa: F401 - registers the `dv_fsdp` strategy name
+    from dv.lightning_cli import DVLightningCLI, argument_error_line
+    from dv.quiet import quiet_lightning
+
+    resume_if_exists = RESUME_IF_EXISTS in args
+    if resume_if_exists and args[0] != "fit":
+        raise ConfigError(f"{RESUME_IF_EXISTS} is a `dv fit` flag")
+    args = [a for a in args if a != RESUME_IF_EXISTS]
+    quiet_lightning()
+    # exit_on_error=False: a bad key or value raises instead of printing the whole usage; dv prints one line.
+    strict = {"exit_on_error": False}
+    try:
+        DVLightningCLI(
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=_recipe_to_config(args),
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": "dv", **strict, **{name: dict(strict) for name in LIGHTNING_COMMANDS}},
+            resume_if_exists=resume_if_exists,
+        )
+    except argparse.ArgumentError as e:
+        raise ConfigError(f"{argument_error_line(str(e))} (see `dv {args[0]} --help`)") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +158,14 @@ def dispatch(argv: list[str]) -> None:
         cache_latents(args)
 
 
+def error_line(error: BaseException) -> str:
+    """A DVError's one line; a DataLoader worker re-raises it with the worker's traceback, whose last line is it."""
+    text = str(error).strip()
+    if "\n" in text:
+        text = re.sub(r"^[\w.]+: ", "", text.splitlines()[-1].strip())
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dv` console script."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -129,8 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dispatch(list(sys.argv[1:] if argv is None else argv))
     except DVError as e:
-        print(f"dv: error: {e}", file=sys.stderr)
+        print(f"dv: error: {error_line(e)}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        if e.filename is None and e.strerror is None:
+            raise
+        # A file that cannot be read or written (a missing folder, a path through a file, a full disk): its
+        # name and the reason say what to fix; the traceback would not.
+        where = f": {e.filename!r}" if e.filename is not None else ""
+        print(f"dv: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("dv: interrupted", file=sys.stderr)
         return 130

@@ -64,14 +64,19 @@ def build_datamodule(recipe_path: str) -> L.LightningDataModule:
     return _instantiate(recipe["data"], L.LightningDataModule, "data", recipe_path)
 
 
-def load_checkpoint(path: str) -> dict:
-    """A dv training checkpoint (Lightning .ckpt), read with weights_only=True."""
+def load_checkpoint(path: str, mmap: bool = False) -> dict:
+    """A dv training checkpoint (Lightning .ckpt), read with weights_only=True (memory-mapped: tensors read lazily)."""
     if not os.path.isfile(path):
         raise WeightsError(f"checkpoint {path!r} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
-        raise WeightsError(f"checkpoint {path!r} cannot be read safely (weights_only): {str(e).splitlines()[0]}") from None
+        # torch's own messages run to several sentences of advice about weights_only; the first says what failed.
+        first = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:160]
+        raise WeightsError(
+            f"checkpoint {path!r} cannot be read (empty, truncated, or not a weights-only torch checkpoint): "
+            f"{type(e).__name__}{': ' + first if first else ''}"
+        ) from None
 
 
 def restore_trained_weights(module: L.LightningModule, ckpt_path: str, use_ema: bool = True) -> dict:

@@ -345,3 +345,14 @@ def total_grad_norm(strategy, grads: list[torch.Tensor]) -> torch.Tensor:
         squares = strategy.reduce(norm.to(strategy.root_device).square(), reduce_op="sum")
         norm = (squares / strategy.gradient_replicas).sqrt()
     return norm
+
+
+def _register() -> None:
+    """`--trainer.strategy=dv_fsdp`: DVFSDPStrategy (FULL_SHARD) by a short name, as Lightning's own `fsdp` is."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    if "dv_fsdp" not in StrategyRegistry:
+        StrategyRegistry.register("dv_fsdp", DVFSDPStrategy, description="dv's FSDP: dv.strategies.DVFSDPStrategy")
+
+
+_register()

@@ -73,13 +73,24 @@ def with_stride(batch: dict[str, Any]) -> dict[str, Any]:
 
 
 class _DecodeStage(wds.PipelineStage):
-    """Raw samples -> decoded samples; a failure is logged, counted and skipped, never raised."""
+    """Raw samples -> decoded samples; a failure is logged, counted and skipped (a stream that reads nothing stops)."""
 
-    def __init__(self, num_frames: int | None, frame_size: int | None, name: str, filters: ClipFilter | None = None):
+    def __init__(
+        self,
+        num_frames: int | None,
+        frame_size: int | None,
+        name: str,
+        filters: ClipFilter | None = None,
+        give_up_after: int | None = None,
+    ):
         self.num_frames, self.frame_size, self.name = num_frames, frame_size, name
         self.filters = filters or ClipFilter()
         self.skipped = 0
         self.filtered: dict[str, int] = {}  # reason -> clips dropped by the filters (and "unscored": kept)
+        # A resampled stream never ends: with no readable sample at all it would skip and warn forever. Counts of
+        # this worker: samples read from tars, samples decoded, and failures of each kind.
+        self.give_up_after = give_up_after
+        self.read = self.decoded = self.tar_errors = self.decode_errors = 0
 
     def skip(self, what: str, exc: BaseException) -> None:
         """Count one skipped sample or shard and warn about it."""
@@ -95,23 +106,50 @@ class _DecodeStage(wds.PipelineStage):
             self.skipped,
         )
 
+    def _give_up_if_nothing_reads(self, what: str, exc: BaseException) -> None:
+        """DataError once `give_up_after` failures came and no sample was ever read (or decoded) by this worker.
+
+        A bad shard among good ones is skipped and counted, never fatal: the good ones read and decode at once.
+        """
+        failures = self.tar_errors if self.read == 0 else self.decode_errors
+        if self.give_up_after is None or self.decoded > 0 or failures < self.give_up_after:
+            return
+        raise DataError(
+            f"the {self.name} shards gave no readable sample in {failures} tries (last: {what}: {type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]}); check them with `python -m dv.data.datamodule --shards ...`"
+        )
+
     def handle_tar_error(self, exc: BaseException) -> bool:
-        """webdataset handler for unreadable shards/members: warn, count, continue."""
+        """webdataset handler for unreadable shards/members: warn, count, continue (or stop, see above)."""
+        self.tar_errors += 1
         self.skip("unreadable tar data", exc)
+        self._give_up_if_nothing_reads("unreadable tar data", exc)
         return True
+
+    def count_read(self, src):
+        """Pass raw samples through, counting them (a pipeline stage right after the tar reader)."""
+        for sample in src:
+            self.read += 1
+            yield sample
 
     def run(self, src):
         """Yield decoded samples of `src`, skipping those that fail and those the filters drop."""
         try:
             for sample in src:
+                # Filtered on the metadata, before the clip is decoded: a dropped clip costs no decode.
+                if META_KEY in sample and self.filters.drops(sample[META_KEY], self.filtered):
+                    continue
                 try:
-                    # Filtered on the metadata, before the clip is decoded: a dropped clip costs no decode.
-                    if META_KEY in sample and self.filters.drops(sample[META_KEY], self.filtered):
-                        continue
                     decode = decode_latent_sample if is_latent_sample(sample) else decode_sample
-                    yield decode(sample, self.num_frames, self.frame_size)
+                    decoded = decode(sample, self.num_frames, self.frame_size)
                 except Exception as exc:  # noqa: BLE001 - a bad sample must not kill a worker
-                    self.skip(f"sample {sample.get('__key__')!r} of {sample.get('__url__')}", exc)
+                    self.decode_errors += 1
+                    what = f"sample {sample.get('__key__')!r} of {sample.get('__url__')}"
+                    self.skip(what, exc)
+                    self._give_up_if_nothing_reads(what, exc)
+                    continue
+                self.decoded += 1
+                yield decoded
         finally:
             if self.filtered:
                 log.info("dv.data %s worker %d: filters dropped %s so far", self.name, _worker()[0], _counts(self.filtered))
@@ -288,9 +326,9 @@ class VideoDataModule(LightningDataModule):
         if not 0 <= self.rank < self.world_size:
             raise ConfigError(f"rank {self.rank} is outside world size {self.world_size}")
 
-    def _decoder(self, name: str) -> _DecodeStage:
+    def _decoder(self, name: str, give_up_after: int | None = None) -> _DecodeStage:
         """A new decode stage whose skip count this module reports."""
-        stage = _DecodeStage(self.num_frames, self.frame_size, name, self.filters)
+        stage = _DecodeStage(self.num_frames, self.frame_size, name, self.filters, give_up_after)
         self._decoders.append(stage)
         return stage
 
@@ -311,11 +349,13 @@ class VideoDataModule(LightningDataModule):
             raise ConfigError("train_shards is not set; point it at DIR/train-*.tar")
         urls = expand_shards(self.train_shards)
         check_latent_shards(urls, self.num_frames, self.frame_size)
-        decoder = self._decoder("train")
+        # Every shard is drawn ~4 times in 4 * len(urls) draws: shards that all fail stop training within seconds.
+        decoder = self._decoder("train", give_up_after=max(32, 4 * len(urls)))
         nbatches = self.batches_per_epoch()
         pipeline = _EpochPipeline(
             wds.ResampledShards(urls, seed=self.seed, worker_seed=_RankWorkerSeed(self.rank), deterministic=True),
             wds.tarfile_to_samples(handler=decoder.handle_tar_error),
+            decoder.count_read,
             _Shuffle(self.shuffle_buffer, self.seed, self.rank) if self.shuffle_buffer > 1 else None,
             decoder,
             wds.batched(self.batch_size, collation_fn=collate_batch, partial=False),

@@ -274,10 +274,16 @@ class T2VModule(L.LightningModule):
         n = self.diffusion.loss_buckets
         bucket = t * n // self.diffusion.num_train_timesteps
         width = self.diffusion.num_train_timesteps // n
+        results = self.trainer._results if self._trainer is not None else None
         for k in range(n):
             mask = bucket == k
+            name = f"train/loss_t{k * width:04d}-{(k + 1) * width - 1:04d}"
             if mask.any():
-                self.log(f"train/loss_t{k * width:04d}-{(k + 1) * width - 1:04d}", per_sample[mask].mean(), batch_size=int(mask.sum()))
+                self.log(name, per_sample[mask].mean(), batch_size=int(mask.sum()))
+            elif results is not None and f"training_step.{name}" in results:
+                # Lightning logs a key's last value at every later logging step until it is logged again, so an
+                # empty bucket repeated an older step's loss in TensorBoard; a reset entry is left out of this step.
+                results[f"training_step.{name}"].reset()
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -343,16 +349,43 @@ class T2VModule(L.LightningModule):
             checkpoint["ema"] = self.ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint of another trainable-weight set; resume with this recipe's optimizer settings."""
         expected = {n for n, _ in self.trainable_parameters()}
         # Under FSDP the strategy has loaded (and checked) the weights already and hands no state_dict on.
-        missing = sorted(expected - set(checkpoint["state_dict"])) if "state_dict" in checkpoint else []
-        if missing:
-            raise WeightsError(
-                f"the checkpoint lacks {len(missing)} trainable weights of this recipe (e.g. {missing[:3]}); "
-                "was it written by a different recipe?"
-            )
+        if "state_dict" in checkpoint:
+            saved = set(checkpoint["state_dict"])
+            missing, extra = sorted(expected - saved), sorted(saved - expected)
+            if missing or extra:
+                writer = (checkpoint.get("hyper_parameters") or {}).get("_class_path", "another recipe")
+                raise WeightsError(
+                    f"the checkpoint's trainable weights ({len(saved)}, written by {writer}) differ from this recipe's "
+                    f"{type(self).__name__} ({len(expected)}): {len(missing)} missing (e.g. {missing[:2]}), "
+                    f"{len(extra)} not trained here (e.g. {extra[:2]}); was it written by a different recipe?"
+                )
         if self.ema is not None and "ema" in checkpoint:
             self.ema.load_state_dict(checkpoint["ema"])
+        self._resume_with_recipe_optim(checkpoint)
+
+    def _resume_with_recipe_optim(self, checkpoint: dict) -> None:
+        """Make the optimizer and LR-scheduler states about to be restored follow this recipe's `optim`.
+
+        Lightning restores the learning rate, betas, eps and weight decay saved in the checkpoint, which would drop
+        `--model.init_args.optim.lr=...` given on resume without a word. The moments and the step count are kept;
+        the warm-up position is kept and scaled to the new rate. With unchanged settings nothing changes.
+        """
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state.get("param_groups", []):
+                base = group.get("initial_lr", group.get("lr"))
+                if base:
+                    group["lr"] = group["lr"] * (self.optim.lr / base) if base != self.optim.lr else group["lr"]
+                group["initial_lr"] = self.optim.lr
+                group.update(betas=tuple(self.optim.betas), eps=self.optim.eps, weight_decay=self.optim.weight_decay)
+        for sched in checkpoint.get("lr_schedulers", []):
+            if "base_lrs" in sched:
+                sched["base_lrs"] = [self.optim.lr for _ in sched["base_lrs"]]
+            if sched.get("_last_lr") and "last_epoch" in sched:
+                warmup = max(1, self.optim.warmup_steps)
+                sched["_last_lr"] = [self.optim.lr * min(1.0, (sched["last_epoch"] + 1) / warmup) for _ in sched["_last_lr"]]
 
     def trained_state_dict(self, use_ema: bool = True) -> dict[str, torch.Tensor]:
         """The trained weights (EMA ones when kept), named 'unet.*' and 'branch.*', for export."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -393,7 +392,6 @@ def load_dv_weights(path: PathLike, module: nn.Module, part: str | None = None) 
 def save_dv_weights(path: PathLike, state_dict: Mapping[str, Tensor], metadata: Mapping[str, object]) -> None:
     """Write a dv safetensors export atomically (temp file in the same folder, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     meta = {"dv_version": DV_VERSION, **meta, "format": "dv"}
     tensors: dict[str, Tensor] = {}
@@ -405,13 +403,7 @@ def save_dv_weights(path: PathLike, state_dict: Mapping[str, Tensor], metadata: 
             value = value.clone()
         seen.add(value.untyped_storage().data_ptr())
         tensors[key] = value
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        safetensors.torch.save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from dv.atomic import atomic_write
+
+    with atomic_write(path) as tmp:  # whole or not at all; mode 0666 less the umask
+        safetensors.torch.save_file(tensors, str(tmp), metadata=meta)

@@ -1,0 +1,87 @@
+"""Checkpoints and exports are replaced whole or not at all, with $TMPDIR on another filesystem than the run folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from dv.atomic import atomic_write
+from dv.callbacks.checkpoint import AtomicCheckpointIO, ModelCheckpoint
+
+REPO = Path(__file__).resolve().parents[2]
+WRITER = """
+import sys, torch
+from dv.callbacks.checkpoint import AtomicCheckpointIO
+io, path, n = AtomicCheckpointIO(), sys.argv[1], 0
+while True:  # checkpoints of ~24 MB, each with its own number, until killed
+    n += 1
+    io.save_checkpoint({"n": n, "w": torch.full((6_000_000,), float(n))}, path)
+    print(n, flush=True)
+"""
+
+
+def _filesystem(path: Path) -> int:
+    return os.stat(path).st_dev
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs /dev/shm, a tmpfs")
+def test_killed_checkpoint_writer_leaves_the_previous_checkpoint_whole(tmp_path):
+    """kill -9 at random moments of a loop of saves: last.ckpt always loads whole (Lightning's own save, through
+    fsspec with $TMPDIR on another filesystem, copies over the old file and leaves it partial)."""
+    shm = Path(os.environ.get("DV_TEST_SHM", "/dev/shm")) / f"dv-tmp-{os.getpid()}"
+    shm.mkdir()
+    run = tmp_path / "run"
+    run.mkdir()
+    if _filesystem(shm) == _filesystem(run):
+        pytest.skip("the run folder is on /dev/shm's filesystem")
+    env = {**os.environ, "TMPDIR": str(shm), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    path = run / "last.ckpt"
+    try:
+        for kill_after in (0.35, 0.5, 0.65, 0.8, 0.95, 1.1):
+            writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], env=env, stdout=subprocess.PIPE, text=True)
+            writer.stdout.readline()  # one whole checkpoint exists
+            time.sleep(kill_after)
+            writer.send_signal(signal.SIGKILL)
+            writer.wait()
+            ckpt = torch.load(path, weights_only=True)
+            assert torch.equal(ckpt["w"], torch.full((6_000_000,), float(ckpt["n"]))), "a partial checkpoint"
+        assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == ["last.ckpt"]
+    finally:
+        for p in shm.iterdir():
+            p.unlink()
+        shm.rmdir()
+
+
+def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(path) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("disk full")
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_atomic_write_gives_the_umask_mode(tmp_path):
+    old = os.umask(0o027)
+    try:
+        with atomic_write(tmp_path / "f.bin") as tmp:
+            tmp.write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o640
+
+
+def test_dv_model_checkpoint_makes_the_trainer_write_atomically(tmp_path):
+    callback = ModelCheckpoint(dirpath=tmp_path)
+    trainer = L.Trainer(callbacks=[callback], logger=False, enable_progress_bar=False, enable_model_summary=False)
+    callback.setup(trainer, L.LightningModule(), "fit")
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
