@@ -82,7 +82,7 @@ demo: tiny-shards
 		--gif --strip --out $(RUNS)/demo/sample.mp4
 	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir $(RUNS)"
 
-# The claims experiment (README "What dv reproduces"): the shipped models (pretrained/) sampled on the held-out
+# The claims experiment (docs/claims.md): the shipped models (pretrained/) sampled on the held-out
 # photos under every condition, then every table and the figure from one sampling run. Its held-out clips are the
 # tiny shards' val split at 4 clips per photo and move (96 clips; the same renderer settings as training).
 CLAIMS_SHARDS ?= data/shards/camera-pans-64-claims
