@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from dv.errors import ConfigError
+
 
 def _umask() -> int:
     """The process umask (read by setting and restoring it: there is no other portable way)."""
@@ -29,8 +31,6 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        from dv.errors import ConfigError
-
         raise ConfigError(f"cannot write {str(path)!r}: a part of {str(path.parent)!r} is a file, not a folder") from None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
