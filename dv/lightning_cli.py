@@ -17,9 +17,12 @@ import os
 import re
 from typing import Any
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from dv.errors import ConfigError, WeightsError
+from dv.recipe import load_checkpoint
 
 
 class DVLightningCLI(LightningCLI):
@@ -45,8 +48,6 @@ class DVLightningCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any):
         """LightningCLI's, with the Trainer's own refusals of a setting (a ValueError or MisconfigurationException
         from its constructor, e.g. an unknown strategy name) turned into one-line ConfigErrors."""
-        from lightning.fabric.utilities.exceptions import MisconfigurationException
-
         try:
             return super().instantiate_trainer(**kwargs)
         except (ValueError, MisconfigurationException) as e:
@@ -71,8 +72,6 @@ class DVLightningCLI(LightningCLI):
 
     def _checkpoint_folder(self) -> str | None:
         """Where the recipe's ModelCheckpoint writes (its dirpath, or the logger's run folder / checkpoints)."""
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
         for callback in self.trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint):
                 return str(callback._ModelCheckpoint__resolve_ckpt_dir(self.trainer))
@@ -80,8 +79,6 @@ class DVLightningCLI(LightningCLI):
 
     def _last_checkpoint(self, required: bool) -> str | None:
         """The newest `last*.ckpt` of the run folder; None (train from scratch) or a ConfigError when there is none."""
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
         found: set[str] = set()
         for callback in self.trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint):
@@ -114,7 +111,6 @@ def check_checkpoint(path: str, model_class: str | None) -> None:
         if not os.path.isfile(os.path.join(path, "meta.pt")):
             raise WeightsError(f"checkpoint {path!r} is a folder without meta.pt, not a sharded checkpoint")
         return  # a DVFSDPStrategy shard folder: the strategy checks its weights when it loads
-    from dv.recipe import load_checkpoint
 
     # Memory-mapped: only the metadata is read here; Lightning loads the tensors once, later.
     checkpoint = load_checkpoint(path, mmap=True)  # missing, empty, truncated or foreign files: WeightsError
