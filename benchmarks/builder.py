@@ -20,6 +20,7 @@ of the scores in dv's time, and Pexels-300K core-hours at these rates.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import statistics
@@ -112,7 +113,7 @@ def floor(path: str) -> float:
             if frame.pts >= max(want_pts):
                 break
     assert len(out) == 16, len(out)
-    buf = __import__("io").BytesIO()
+    buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as enc:
         s = enc.add_stream("libx264", rate=Fraction(FPS, 4))
         s.width = s.height = 256
