@@ -67,7 +67,7 @@ def main() -> None:
     from dv.diffusion.pipeline import VideoSampler
     from dv.diffusion.sampling import SamplerConfig
     from dv.recipe import build_model
-    from dv.sample import recipe_video_shape
+    from dv.checkpoint import recipe_video_shape
 
     frames, size = recipe_video_shape(args.recipe)
     module = build_model(args.recipe)

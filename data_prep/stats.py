@@ -1,4 +1,4 @@
-"""`python -m data_prep stats --shards GLOB`: the distribution of clip scores over a set of video shards.
+"""`dv shard-stats --shards GLOB`: the distribution of clip scores over a set of video shards.
 
 Prints how many clips span a scene cut, motion quantiles, source resolutions and bit rates, and,
 given the same thresholds as a recipe's ``data.filters``, how many clips those would drop and why:
@@ -103,8 +103,12 @@ def run(args) -> int:
 
 
 def add_parser(sub) -> None:
-    """Add the `stats` subcommand to the data_prep command line."""
-    p = sub.add_parser("stats", help="score distributions of a shard set", description=__doc__)
+    """Add the `stats` subcommand to the `python -m data_prep` command line."""
+    add_arguments(sub.add_parser("stats", help="score distributions of a shard set", description=__doc__))
+
+
+def add_arguments(p) -> None:
+    """The flags of `dv shard-stats` (and of `python -m data_prep stats`)."""
     p.add_argument("--shards", required=True, nargs="+", help="shard paths, globs or brace patterns (DIR/train-*.tar)")
     p.add_argument("--min-motion", type=float, default=None, help="also count the clips this min_motion would drop")
     p.add_argument("--max-motion", type=float, default=None, help="also count the clips this max_motion would drop")

@@ -1,7 +1,8 @@
 """`dv app`: a Gradio page over a trained checkpoint; every request runs `dv sample` on the model loaded once.
 
 The page builds the exact `dv sample` command line for each request, parses it with `dv sample`'s own parser
-and runs `dv.sample.run` on it, so the command it shows reproduces the result and there is one sampler.
+and runs `dv sample` on it (which samples through dv.diffusion.pipeline.generate), so the command it shows
+reproduces the result and there is one sampler.
 It reaches no network beyond the address it serves: analytics off, no share link, system fonts only.
 """
 
@@ -21,12 +22,20 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dv import render
+from dv.checkpoint import load_trained, trained_recipe
+from dv.data.camera_pans import VAL_PHOTOS, caption_for, load_photo
+from dv.data.images import load_image
+from dv.diffusion.pipeline import IMAGE_MODES, MODE_LABELS, TEXT_MODES
+from dv.diffusion.sampling import SamplerConfig
 from dv.errors import ConfigError, DVError
+from dv.recipe import Recipe
 
-T2V, I2V, TI2V = "text-to-video", "image-to-video", "text+image"
-MODES = (T2V, I2V, TI2V)
-TEXT_MODES = (T2V, TI2V)
-IMAGE_MODES = (I2V, TI2V)
+PAGE_MODES = ("t2v", "i2v", "ti2v")
+"""The sampling modes the page offers (TI2V-Zero is `dv sample --zero-shot`), named on the page by MODE_LABELS."""
+MODES = tuple(MODE_LABELS[m] for m in PAGE_MODES)
+MODE_KEYS = {MODE_LABELS[m]: m for m in PAGE_MODES}
+T2V = MODE_LABELS["t2v"]
 MAX_STEPS = 200  # the steps slider's end; `dv sample` itself accepts up to SamplerConfig.max_steps
 MAX_SEED = 2**32 - 1
 EXAMPLE_MOVE = "pan-left"  # the camera move the example prompts ask for
@@ -35,7 +44,8 @@ COMPARE_HEIGHT = 256  # the comparison image is enlarged (nearest neighbour) to 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `dv app`."""
-    parser.add_argument("--recipe", required=True, help="the recipe the checkpoint was trained with")
+    parser.add_argument("--recipe", default=None,
+                        help="the recipe the checkpoint was trained with (default: the one a .ckpt carries)")
     parser.add_argument("--ckpt", required=True, help="a dv training checkpoint (.ckpt) or a `dv export` (.safetensors)")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=7860, help="port to serve on")
@@ -56,19 +66,24 @@ class Request:
     steps: int
     seed: int
 
+    @property
+    def key(self) -> str | None:
+        """The sampling mode (one of dv.diffusion.pipeline.MODES) the page's mode label names."""
+        return MODE_KEYS.get(self.mode)
+
     def prompts(self) -> list[str] | None:
         """One prompt per stage (a second prompt chains a second stage); None in image-to-video."""
-        if self.mode not in TEXT_MODES:
+        if self.key not in TEXT_MODES:
             return None
         return [p.strip() for p in (self.prompt, self.prompt2) if p and p.strip()]
 
     def check(self) -> None:
         """Raise a ConfigError naming the input to fix; make steps and seed ints and the scales floats."""
-        if self.mode not in MODES:
+        if self.key is None:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        if self.mode in IMAGE_MODES and not self.image:
+        if self.key in IMAGE_MODES and not self.image:
             raise ConfigError(f"{self.mode} needs a reference image: upload one or pick an example")
-        if self.mode in TEXT_MODES and not (self.prompt or "").strip():
+        if self.key in TEXT_MODES and not (self.prompt or "").strip():
             raise ConfigError(f"{self.mode} needs a prompt: describe the video to make")
         self.steps = whole_number(self.steps, 1, MAX_STEPS, "steps")
         self.seed = whole_number(self.seed, 0, MAX_SEED, "the seed")
@@ -90,10 +105,10 @@ def whole_number(value, low: int, high: int, what: str) -> int:
     return int(number)
 
 
-def sample_argv(request: Request, recipe: str, ckpt: str, device: str, image: Path | None, out: Path) -> list[str]:
+def sample_argv(request: Request, recipe: str | None, ckpt: str, device: str, image: Path | None, out: Path) -> list[str]:
     """The `dv sample` arguments that make `request`'s video (the page shows them after `dv sample`)."""
-    argv = ["--recipe", recipe, "--ckpt", ckpt]
-    if request.mode in IMAGE_MODES:
+    argv = (["--recipe", recipe] if recipe else []) + ["--ckpt", ckpt]
+    if request.key in IMAGE_MODES:
         argv += ["--image", str(image)]
     for prompt in request.prompts() or []:
         # `--prompt=-x` keeps a prompt that starts with a dash from reading as a flag.
@@ -106,10 +121,8 @@ def sample_argv(request: Request, recipe: str, ckpt: str, device: str, image: Pa
 
 def sample_parser() -> argparse.ArgumentParser:
     """`dv sample`'s parser, raising argparse.ArgumentError instead of exiting."""
-    from dv.sample import add_arguments as sample_arguments
-
     parser = argparse.ArgumentParser(prog="dv sample", exit_on_error=False)
-    sample_arguments(parser)
+    render.add_arguments(parser)
     return parser
 
 
@@ -124,18 +137,13 @@ def comparison_image(reference: np.ndarray | None, strip: np.ndarray, size: int)
     return np.repeat(np.repeat(row, scale, axis=0), scale, axis=1)
 
 
-def recipe_sampling(recipe: str) -> dict[str, float]:
+def recipe_sampling(recipe: Recipe) -> dict[str, float]:
     """The page's starting steps, s_t and s_i: those the recipe's VideoValidation samples with, else dv sample's."""
-    from dv.diffusion.sampling import SamplerConfig
-    from dv.recipe import load_recipe
-
     defaults = SamplerConfig()
     settings = {"steps": defaults.steps, "s_text": defaults.s_text, "s_image": defaults.s_image}
-    callbacks = (load_recipe(recipe).get("trainer") or {}).get("callbacks") or []
-    for callback in callbacks if isinstance(callbacks, list) else []:
-        if isinstance(callback, dict) and str(callback.get("class_path", "")).endswith("VideoValidation"):
-            args = callback.get("init_args") or {}
-            settings.update({k: args[k] for k in settings if isinstance(args.get(k), (int, float))})
+    validation = recipe.callback_args("VideoValidation") if "trainer" in recipe.config else None
+    if validation is not None:
+        settings.update({k: getattr(validation, k) for k in settings})
     settings["steps"] = min(int(settings["steps"]), MAX_STEPS)
     return settings
 
@@ -152,29 +160,26 @@ def shown_path(path: str | Path) -> str:
 class Studio:
     """The loaded model and what each request needs: validation, `dv sample` on it, and the page's outputs."""
 
-    def __init__(self, recipe: str, ckpt: str, out_dir: str, device: str) -> None:
-        from dv.sample import load_trained, recipe_video_shape
-
-        self.recipe, self.ckpt, self.device = shown_path(recipe), shown_path(ckpt), device
+    def __init__(self, recipe: str | None, ckpt: str, out_dir: str, device: str) -> None:
+        self.recipe = shown_path(recipe) if recipe else None
+        self.ckpt, self.device = shown_path(ckpt), device
         self.out_dir = Path(out_dir).absolute()
-        self.frames, self.size = recipe_video_shape(recipe)
-        self.defaults = recipe_sampling(recipe)
-        self.module = load_trained(recipe, ckpt, device=device)
+        self.parsed = trained_recipe(recipe, ckpt)  # once: the shape, the page's defaults and the model come from it
+        self.frames, self.size = self.parsed.video_shape()
+        self.defaults = recipe_sampling(self.parsed)
+        self.module = load_trained(self.parsed, ckpt, device=device)
         self.modes = MODES if self.module.branch is not None else (T2V,)
 
     def generate(self, request: Request, progress=None) -> tuple[str, str, str, str]:
         """Run one request: (mp4 path, comparison PNG path, settings in Markdown, the `dv sample` command)."""
-        from dv.data.images import load_image
-        from dv.sample import run as sample
-
         request.check()
         if request.mode not in self.modes:
             raise ConfigError(f"this model has no retention branch: it does text-to-video only, not {request.mode}")
         reference = image = None
-        if request.mode in IMAGE_MODES:
+        if request.key in IMAGE_MODES:
             reference = load_image(request.image, self.size).numpy()  # a file that is not an image fails here
         run_dir = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=self._ensure_out_dir()))
-        if request.mode in IMAGE_MODES:
+        if request.key in IMAGE_MODES:
             # The upload lives in gradio's cache; a copy beside the video keeps the command reproducible.
             image = run_dir / ("reference" + (Path(request.image).suffix.lower() or ".png"))
             shutil.copyfile(request.image, image)
@@ -186,7 +191,7 @@ class Studio:
             raise ConfigError(f"bad setting: {e}") from None
         stages = len(request.prompts() or [None])
         start = time.perf_counter()
-        sample(args, module=self.module, callback=step_reporter(progress, stages))
+        render.render(args, module=self.module, callback=step_reporter(progress, stages), recipe=self.parsed)
         seconds = time.perf_counter() - start
         strip = np.asarray(Image.open(out.with_suffix(".png")).convert("RGB"))
         compare = run_dir / "compare.png"
@@ -206,8 +211,6 @@ class Studio:
 
     def example_photos(self) -> list[list[str]]:
         """Example rows (photo file, prompt, mode): the camera-pans photos training never saw, as PNG files."""
-        from data_prep.camera_pans import VAL_PHOTOS, caption_for, load_photo
-
         folder = self._ensure_out_dir() / "examples"
         folder.mkdir(exist_ok=True)
         rows = []
@@ -274,7 +277,7 @@ def build_blocks(studio: Studio):
     defaults = studio.defaults
     with gr.Blocks(title="dv app", analytics_enabled=False) as blocks:
         gr.Markdown(
-            f"## dv: DreamVideo image-to-video\n`{studio.recipe}` · `{studio.ckpt}` · "
+            f"## dv: DreamVideo image-to-video\n`{studio.recipe or 'its own recipe'}` · `{studio.ckpt}` · "
             f"{studio.frames} frames of {studio.size}×{studio.size} per stage · {studio.device}"
         )
         with gr.Row():

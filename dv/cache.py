@@ -8,12 +8,16 @@ import sys
 from dataclasses import replace
 
 import torch
+from lightning.fabric import Fabric
 
 from dv.data.filters import ClipFilter
 from dv.data.latent_cache import CacheConfig, CacheSummary, Encoders, build_cache
 from dv.data.shards import expand_shards
 from dv.errors import ConfigError, DataError
-from dv.recipe import build_model, load_recipe
+from dv.models.backbone import Backbone
+from dv.models.conditions import video_to_model
+from dv.models.identity import text_encoder_identity
+from dv.recipe import Recipe
 
 
 def _cpus() -> int:
@@ -38,28 +42,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-def recipe_encoders(recipe_path: str, text: bool, accelerator: str = "auto", precision: str | None = None) -> Encoders:
+def recipe_encoders(recipe: Recipe, text: bool, accelerator: str = "auto", precision: str | None = None) -> Encoders:
     """The recipe's frozen VAE (and text encoder) as training builds them, wired as the cache's encoder callables.
 
     They run on the accelerator under the recipe's precision (autocast for the mixed ones), as they
     would inside a training step, so the cache holds what encoding on the fly computes.
     """
-    from lightning.fabric import Fabric
-
-    from dv.models.backbone import Backbone
-    from dv.models.conditions import video_to_model
-    from dv.models.identity import text_encoder_identity
-
-    recipe = load_recipe(recipe_path)
-    config = getattr(build_model(recipe_path), "backbone_config", None)
+    config = getattr(recipe.build_model(), "backbone_config", None)
     if config is None:
-        raise ConfigError(f"the model of {recipe_path} has no backbone (autoencoder) to encode with")
+        raise ConfigError(f"the model of {recipe.where} has no backbone (autoencoder) to encode with")
     # Built whole, as training builds it (random initialisations draw in the same order), with no
     # U-Net weights loaded (the cache does not use the U-Net) and no text weights unless asked for.
     config = replace(config, unet_weights=[], text=config.text if text else replace(config.text, checkpoint=None))
     backbone = Backbone(config)
     ae, vae = backbone.autoencoder, backbone.autoencoder.identity()
-    fabric = Fabric(accelerator=accelerator, devices=1, precision=precision or recipe.get("trainer", {}).get("precision", "32-true"))
+    fabric = Fabric(accelerator=accelerator, devices=1, precision=precision or recipe.trainer_args().precision)
     ae.to(fabric.device)
 
     def posterior(video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,20 +82,23 @@ def run(args: argparse.Namespace) -> CacheSummary:
     for flag in ("num_frames", "frame_size"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1")
-    data = load_recipe(args.recipe).get("data", {}).get("init_args", {}) or {}
+    recipe = Recipe.load(args.recipe)  # parsed once: the clip shape, the filters and the encoders come from it
+    data = recipe.data_args()
+    if data is None:
+        raise ConfigError(f"recipe {args.recipe!r} has no 'data' section (the clip shape and filters to cache with)")
     cfg = CacheConfig(
         out_dir=args.out,
-        num_frames=args.num_frames or data.get("num_frames"),
-        frame_size=args.frame_size or data.get("frame_size"),
+        num_frames=args.num_frames or data.num_frames,
+        frame_size=args.frame_size or data.frame_size,
         batch_size=args.batch_size,
         workers=args.workers,
         num_nodes=args.num_nodes,
         node_rank=args.node_rank,
-        filters=ClipFilter.from_config(data.get("filters")),
+        filters=ClipFilter.from_config(data.filters),
     )
     shards = expand_shards(args.shards)
     cfg.validate(shards)  # before the encoders are built, which takes a while at full size
-    encoders = recipe_encoders(args.recipe, args.text, args.accelerator, args.precision)
+    encoders = recipe_encoders(recipe, args.text, args.accelerator, args.precision)
     summary = build_cache(shards, encoders, cfg, quiet=args.quiet)
     print(summary.report(), file=sys.stderr)
     if summary.shards_failed:

@@ -1,11 +1,18 @@
-"""The `dv` command: Lightning's fit/validate/test/predict (LightningCLI, `--recipe FILE`) and dv's own commands."""
+"""The `dv` command: Lightning's fit/validate/test/predict (LightningCLI, `--recipe FILE`) and dv's own commands.
+
+Every dv command is a subcommand here, and this is the one place that turns a DVError into its one line on
+stderr (`run_guarded`); the old `python -m ...` forms of the commands call it too, after a deprecation line.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
+import shlex
 import sys
+from typing import Callable
 
 from dv import __version__
 from dv.errors import ConfigError, DVError
@@ -89,8 +96,38 @@ def run_lightning(args: list[str]) -> None:
         raise ConfigError(f"{argument_error_line(str(e))} (see `dv {args[0]} --help`)") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of dv's own commands (the Lightning ones are parsed by LightningCLI)."""
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sample": ("dv.sample", "sample a video from a checkpoint, an image and prompts"),
+    "app": ("dv.app", "a browser page over a checkpoint (Gradio; pip install -e '.[app]')"),
+    "bench": ("dv.bench.cli", "s/step, clips/s, memory, FLOPs and MFU of a recipe, and the plain loop's"),
+    "cache-latents": ("dv.cache", "encode video shards once with a recipe's frozen VAE into latent shards"),
+    "shards": ("data_prep.cli", "build video shards from a source (was: python -m data_prep build)"),
+    "shard-stats": ("data_prep.stats", "score distributions of built shards (was: python -m data_prep stats)"),
+    "check-data": ("dv.check_data", "stream one batch of shards and print what it holds"),
+    "claims": ("dv.claims.command", "sample trained models on the held-out photos: the claims tables and figure"),
+    "probe-captions": ("dv.claims.captions", "does a model read the motion caption? its loss under each caption"),
+    "card": ("dv.claims.card", "the figures of a model card, for one model in one setting"),
+    "trajectory": ("dv.trajectory", "where along the DDIM trajectory a trained model loses held-out clips"),
+}
+"""dv's own commands: name -> (module with add_arguments(parser) and run(args), help). Imported when used."""
+
+OLD_FORMS = {
+    "python -m dv.claims": "dv claims",
+    "python -m dv.claims.captions": "dv probe-captions",
+    "python -m dv.claims.card": "dv card",
+    "python -m dv.diffusion.trajectory": "dv trajectory",
+    "python -m dv.data.datamodule": "dv check-data",
+    "python -m data_prep build": "dv shards",
+    "python -m data_prep stats": "dv shard-stats",
+}
+"""The command lines that moved, kept for one release: old form -> new form."""
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of dv's own commands (the Lightning ones are parsed by LightningCLI).
+
+    Only `command`'s module is imported for its flags (None: every command's), so `dv X` loads what X needs.
+    """
     parser = argparse.ArgumentParser(
         prog="dv",
         description="Train, sample and evaluate DreamVideo-style image-to-video diffusion models.",
@@ -103,59 +140,41 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=f"Lightning {name} of a recipe (dv {name} --recipe FILE)", add_help=False)
     info = sub.add_parser("info", help="parameter counts of a recipe's model, built on the meta device")
     info.add_argument("--recipe", required=True)
-    from dv.sample import add_arguments as sample_arguments
-
-    sample_arguments(sub.add_parser("sample", help="sample a video from a checkpoint, an image and prompts"))
-    from dv.app import add_arguments as app_arguments
-
-    app_arguments(sub.add_parser("app", help="a browser page over a checkpoint (Gradio; pip install -e '.[app]')"))
-    from dv.bench.cli import add_arguments as bench_arguments
-
-    bench_arguments(sub.add_parser("bench", help="s/step, clips/s, memory, FLOPs and MFU of a recipe, and the plain loop's"))
     export = sub.add_parser("export", help="write a checkpoint's trained weights to one safetensors file")
     export.add_argument("--recipe", required=True)
     export.add_argument("--ckpt", required=True)
     export.add_argument("--out", required=True)
     export.add_argument("--no-ema", action="store_true", help="export the raw weights even when an EMA was kept")
-    from dv.cache import add_arguments as cache_arguments
-
-    cache_arguments(sub.add_parser("cache-latents", help="encode video shards once with a recipe's frozen VAE into latent shards"))
+    for name, (module, help_text) in COMMANDS.items():
+        parser_of_name = sub.add_parser(name, help=help_text, prog=f"dv {name}")
+        if command in (None, name):
+            importlib.import_module(module).add_arguments(parser_of_name)
     return parser
 
 
-def dispatch(argv: list[str]) -> None:
-    """Run one dv command."""
+def dispatch(argv: list[str]) -> int | None:
+    """Run one dv command; returns its exit code (None: 0)."""
     if argv and argv[0] in LIGHTNING_COMMANDS:
         return run_lightning(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else "")
+    args = parser.parse_args(argv)
+    args.command_line = shlex.join(["dv", *argv])  # what the command's report says it ran
     if args.command is None:
-        build_parser().print_help()
-        return
+        parser.print_help()
+        return None
     if args.command == "info":
         from dv import info
 
         info.run(args.recipe)
-    elif args.command == "sample":
-        from dv.sample import run as sample
-
-        sample(args)
-    elif args.command == "app":
-        from dv.app import run as app
-
-        app(args)
-    elif args.command == "bench":
-        from dv.bench.cli import run as bench
-
-        bench(args)
     elif args.command == "export":
         from dv.lit.export import export_checkpoint
 
         path = export_checkpoint(args.recipe, args.ckpt, args.out, use_ema=not args.no_ema)
         print(f"wrote {path}")
-    elif args.command == "cache-latents":
-        from dv.cache import run as cache_latents
-
-        cache_latents(args)
+    else:
+        result = importlib.import_module(COMMANDS[args.command][0]).run(args)
+        return result if type(result) is int else None  # other results (summaries, paths) are not exit codes
+    return None
 
 
 def error_line(error: BaseException) -> str:
@@ -166,17 +185,13 @@ def error_line(error: BaseException) -> str:
     return text
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `dv` console script."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
-
-    # Denormal floats make CPU kernels up to 15x slower on small diffusion models (measured on the demo recipe).
-    torch.set_flush_denormal(True)
+def run_guarded(command: Callable[[], int | None], prog: str = "dv") -> int:
+    """Run a command and return its exit code; a DVError, or a file that cannot be read or written, is one line on
+    stderr (`PROG: error: ...`) and exit code 2, an interrupt exit code 130. Every dv command line goes through here."""
     try:
-        dispatch(list(sys.argv[1:] if argv is None else argv))
+        return command() or 0
     except DVError as e:
-        print(f"dv: error: {error_line(e)}", file=sys.stderr)
+        print(f"{prog}: error: {error_line(e)}", file=sys.stderr)
         return e.exit_code
     except OSError as e:
         if e.filename is None and e.strerror is None:
@@ -184,12 +199,32 @@ def main(argv: list[str] | None = None) -> int:
         # A file that cannot be read or written (a missing folder, a path through a file, a full disk): its
         # name and the reason say what to fix; the traceback would not.
         where = f": {e.filename!r}" if e.filename is not None else ""
-        print(f"dv: error: {e.strerror or e}{where}", file=sys.stderr)
+        print(f"{prog}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("dv: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `dv` console script."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    # Denormal floats make CPU kernels up to 15x slower on small diffusion models (measured on the demo recipe).
+    torch.set_flush_denormal(True)
+    return run_guarded(lambda: dispatch(list(sys.argv[1:] if argv is None else argv)))
+
+
+def deprecation_line(old: str) -> str:
+    """What an old command form prints on stderr before it runs: its new form."""
+    return f"{old} is deprecated and goes in the next release; use `{OLD_FORMS[old]}`"
+
+
+def run_old_form(old: str, argv: list[str] | None = None) -> int:
+    """Run a moved command by its old form (`python -m dv.claims ...`): the deprecation line, then the new form."""
+    print(deprecation_line(old), file=sys.stderr)
+    return main([*OLD_FORMS[old].split()[1:], *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ What it changes in LightningCLI:
 - `dv fit` refuses a run folder that already holds a run (checkpoints or TensorBoard events) unless resuming.
 - `--ckpt_path last` with nothing to resume is an error; `--resume-if-exists` resumes the run folder's last
   checkpoint when there is one and trains from scratch when there is none.
+- Every checkpoint `dv fit` writes keeps the recipe it ran (dv.checkpoint.RecipeInCheckpoint), so loading it
+  for sampling needs no `--recipe`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
+from dv.checkpoint import RecipeInCheckpoint
 from dv.errors import ConfigError, WeightsError
 from dv.recipe import load_checkpoint
 
@@ -54,7 +57,9 @@ class DVLightningCLI(LightningCLI):
             raise ConfigError(f"trainer: {first_line(str(e))}") from e
 
     def before_fit(self) -> None:
-        """Resolve `last` and refuse to mix two runs in one folder."""
+        """Resolve `last`, refuse to mix two runs in one folder, and keep the recipe in the checkpoints."""
+        recipe = self._parser(self.subcommand).dump(self.config[self.subcommand], skip_none=False)
+        self.trainer.callbacks.append(RecipeInCheckpoint(recipe))
         kwargs = self.config_init["fit"]
         ckpt_path = kwargs.get("ckpt_path")
         if ckpt_path == "last" or self.resume_if_exists:

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 
 from dv.errors import ConfigError
-from dv.recipe import build_model, load_recipe
+from dv.recipe import Recipe
 
 CAPTION = "the camera pans slowly to the left over a city street at dusk, people walking, cars passing"
 
@@ -54,12 +54,6 @@ class Workload:
         )
 
 
-def video_shape(recipe: dict) -> tuple[int, int, int | None]:
-    """(frames, size, batch size) of the recipe's data section (16, 256 and None when it says nothing)."""
-    data = (recipe.get("data") or {}).get("init_args") or {}
-    return int(data.get("num_frames") or 16), int(data.get("frame_size") or 256), data.get("batch_size")
-
-
 def synthetic_batch(batch_size: int, frames: int, size: int, seed: int = 0) -> dict:
     """Random uint8 clips (B, T, H, W, C) and captions: the loader's batch format, with no decoding cost."""
     g = torch.Generator().manual_seed(seed)
@@ -72,15 +66,15 @@ def build_workload(recipe_path: str, batch_size: int | None, device: str, compil
 
     `compile` overrides the recipe's backbone.compile (torch._dynamo.explain needs the eager modules).
     """
-    recipe = load_recipe(recipe_path)
-    frames, size, recipe_batch = video_shape(recipe)
-    batch_size = batch_size or int(recipe_batch or 1)
+    recipe = Recipe.load(recipe_path)  # parsed once: the shapes, the model and the trainer settings come from it
+    frames, size = recipe.video_shape()
+    batch_size = batch_size or int(getattr(recipe.data_args(), "batch_size", None) or 1)
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, not {batch_size}")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
-    module = build_model(recipe_path)
+    module = recipe.build_model()
     cfg = getattr(module, "backbone_config", None)
     if cfg is None:
         raise ConfigError(f"dv bench knows modules with a backbone (T2VModule and its subclasses), not {type(module).__name__}")
@@ -90,13 +84,13 @@ def build_workload(recipe_path: str, batch_size: int | None, device: str, compil
         cfg.compile = compile
     module.configure_model()
     module.to(dev)
-    trainer = recipe.get("trainer") or {}
-    precision = str(trainer.get("precision") or "bf16-mixed") if dev.type == "cuda" else "32-true"
+    trainer = recipe.trainer_args()
+    precision = str(trainer.precision or "bf16-mixed") if dev.type == "cuda" else "32-true"
     return Workload(
         recipe=recipe_path,
         module=module,
         batch=synthetic_batch(batch_size, frames, size),
         device=dev,
         precision=precision,
-        gradient_clip_val=trainer.get("gradient_clip_val"),
+        gradient_clip_val=trainer.gradient_clip_val,
     )

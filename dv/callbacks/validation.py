@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -10,19 +11,16 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from tqdm.auto import tqdm
 
-from pathlib import Path
-
 from dv.callbacks.media import add_gif, custom_scalars_layout, first_frame_grid
 from dv.callbacks.results import write_results
-from dv.diffusion.pipeline import VideoSampler
+from dv.data.images import image_to_model
+from dv.diffusion.pipeline import MODES, generate
 from dv.diffusion.sampling import SamplerConfig
 from dv.errors import ConfigError
 from dv.metrics.build import MetricsConfig, build_metrics
 from dv.models.conditions import video_from_model
 
 log = logging.getLogger(__name__)
-
-MODES = ("t2v", "i2v", "ti2v", "zero_shot")
 
 
 class VideoValidation(Callback):
@@ -52,7 +50,8 @@ class VideoValidation(Callback):
         Args:
             every_n_steps: sample and score every this many training steps (0: only in `dv validate`).
             num_videos: validation pairs per rank, taken from the start of the validation shards.
-            modes: any of 't2v', 'i2v', 'ti2v' (text+image) and 'zero_shot' (TI2V-Zero on the backbone).
+            modes: any of dv.diffusion.pipeline.MODES: 't2v', 'i2v', 'ti2v' (text+image) and 'zero_shot'
+                (TI2V-Zero on the backbone).
             steps: DDIM steps per video.
             s_text: text guidance scale s_t (Eq. 5).
             s_image: image guidance scale s_i (Eq. 5).
@@ -125,19 +124,9 @@ class VideoValidation(Callback):
         """uint8 (B, T, H, W, C) videos of one mode for the pairs."""
         video = pairs["video"]
         frames, size = video.shape[1], video.shape[2]
-        images = pairs["reference"].to(pl_module.device).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-        captions = pairs["caption"]
-        if mode == "zero_shot":
-            from dv.diffusion.zero_shot import ti2v_zero_sample
-
-            out = ti2v_zero_sample(pl_module.backbone, pl_module.noise_scheduler, captions, images, frames, self.config,
-                                   seeds, resample_steps=self.resample_steps, progress=False)
-        else:
-            if mode != "t2v" and pl_module.branch is None:
-                raise ConfigError(f"validation mode {mode!r} needs an image-conditioning branch; use t2v or zero_shot")
-            sampler = VideoSampler(pl_module.backbone, pl_module.branch, pl_module.noise_scheduler, frames, size)
-            out = sampler.sample(captions if mode != "i2v" else None, images if mode != "t2v" else None,
-                                 self.config, seeds, progress=False)
+        images = image_to_model(pairs["reference"].to(pl_module.device))
+        out = generate(pl_module, mode, pairs["caption"], images, self.config, seeds, frames=frames, size=size,
+                       resample_steps=self.resample_steps)
         return video_from_model(out).cpu()
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, dict[str, float]]:

@@ -5,7 +5,7 @@ motion. This asks that directly, with one denoiser call per (caption, timestep) 
 where the clip's own caption is no better than the others, sampled videos cannot follow the caption either.
 Same noise and timestep for every caption, so the losses differ only through the caption.
 
-    python -m dv.claims.captions --val-shards 'data/shards/camera-pans-claims/val-*.tar' --model NAME=RECIPE,CKPT ...
+    dv probe-captions --val-shards 'data/shards/camera-pans-claims/val-*.tar' --model NAME=RECIPE,CKPT ...
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import sys
 import numpy as np
 import torch
 
-from data_prep.camera_pans import caption_for
+from dv.checkpoint import load_trained, recipe_video_shape
+from dv.claims.inputs import held_out_clips, parse_model
 from dv.claims.motion import MOTIONS
-from dv.errors import DVError
+from dv.data.camera_pans import caption_for
 from dv.models.conditions import video_to_model
 
 TIMESTEPS = (200, 500, 800, 950)
@@ -99,27 +100,24 @@ def probe_table(results: dict[str, list[dict]], clips: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from dv.claims.__main__ import held_out_clips, parse_model
-    from dv.sample import load_trained, recipe_video_shape
-
-    parser = argparse.ArgumentParser(prog="python -m dv.claims.captions", description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `dv probe-captions`."""
     parser.add_argument("--model", action="append", required=True, help="NAME=RECIPE,CKPT (repeat)")
     parser.add_argument("--val-shards", required=True, help="held-out video shards (camera-pans val split)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timesteps", type=int, nargs="+", default=list(TIMESTEPS), help="training timesteps to probe at")
-    args = parser.parse_args(argv)
-    try:
-        models = [parse_model(m) for m in args.model]
-        frames, size = recipe_video_shape(models[0][1])
-        clips = held_out_clips(args.val_shards, frames, size)
-        results = {name: probe(load_trained(recipe, ckpt), clips, args.timesteps, seed=args.seed) for name, recipe, ckpt in models}
-    except DVError as e:
-        print(f"dv: error: {e}", file=sys.stderr)
-        return e.exit_code
+
+
+def run(args: argparse.Namespace) -> None:
+    """Probe every model the parsed flags name and print the table."""
+    models = [parse_model(m) for m in args.model]
+    frames, size = recipe_video_shape(models[0][1])
+    clips = held_out_clips(args.val_shards, frames, size)
+    results = {name: probe(load_trained(recipe, ckpt), clips, args.timesteps, seed=args.seed) for name, recipe, ckpt in models}
     print(probe_table(results, len(clips)))
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dv.cli import run_old_form  # only the old command form needs the CLI (the CLI imports this module)
+
+    sys.exit(run_old_form("python -m dv.claims.captions"))

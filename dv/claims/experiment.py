@@ -15,11 +15,11 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio
 from tqdm.auto import tqdm
 
-from data_prep.camera_pans import MOVES, VAL_PHOTOS, caption_for, reference_view
 from dv.claims.motion import MOTIONS, estimate_motion
-from dv.diffusion.pipeline import VideoSampler
+from dv.data.camera_pans import MOVES, VAL_PHOTOS, caption_for, reference_view
+from dv.data.images import image_to_model
+from dv.diffusion.pipeline import generate
 from dv.diffusion.sampling import SamplerConfig
-from dv.diffusion.zero_shot import ti2v_zero_sample
 from dv.metrics.ssim import ssim
 from dv.models.conditions import video_from_model
 
@@ -95,8 +95,7 @@ class ClaimsRun:
 
     def reference_batch(self, requests) -> torch.Tensor:
         """Reference images (B, 3, H, W) in [-1, 1] for the requests."""
-        refs = np.stack([self.references[p] for p, _, _ in requests])
-        return torch.from_numpy(refs).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+        return image_to_model(np.stack([self.references[p] for p, _, _ in requests]))
 
     def score(self, model: str, mode: str, requests, videos: torch.Tensor, s_text: float, s_image: float) -> None:
         """Score a batch of videos (B, 3, T, H, W) in [-1, 1] made for `requests` and keep the rows."""
@@ -115,8 +114,11 @@ class ClaimsRun:
                 self.videos[(model, mode, motion)] = frames[i]
 
     # ---- sampling ---------------------------------------------------------------------------------------------
-    def sampler(self, module) -> VideoSampler:
-        return VideoSampler(module.backbone, module.branch, module.noise_scheduler, self.config.num_frames, self.config.frame_size)
+    def generate(self, module, mode: str, captions, images, config: SamplerConfig, seeds, next_captions=()):
+        """`dv.diffusion.pipeline.generate` at the experiment's video shape."""
+        return generate(module, mode, captions, images, config, seeds, frames=self.config.num_frames,
+                        size=self.config.frame_size, next_captions=next_captions,
+                        resample_steps=self.config.resample_steps)
 
     def run_setting(self, model: str, module, mode: str, s_text: float, s_image: float) -> None:
         """All photos × motions × seeds of one model, mode and pair of scales."""
@@ -125,13 +127,7 @@ class ClaimsRun:
         seeds = [seed for _, _, seed in requests]
         images = self.reference_batch(requests)
         config = SamplerConfig(steps=self.config.steps, s_text=s_text, s_image=s_image)
-        if mode == "zero_shot":
-            videos = ti2v_zero_sample(module.backbone, module.noise_scheduler, captions, images, self.config.num_frames,
-                                      config, seeds, resample_steps=self.config.resample_steps, progress=False)
-        else:
-            text = captions if mode in ("t2v", "ti2v") else None
-            image = images if mode in ("i2v", "ti2v") else None
-            videos = self.sampler(module).sample(text, image, config, seeds, progress=False)
+        videos = self.generate(module, mode, captions, images, config, seeds)
         self.score(model, mode, requests, videos, s_text, s_image)
 
     def run_chained(self, model: str, module) -> None:
@@ -141,7 +137,8 @@ class ClaimsRun:
         jobs = self.mine(list(itertools.product(self.config.photos, self.config.chain_pairs, self.config.seeds)))
         stage_captions = [[caption_for(p, pair[k]) for p, pair, _ in jobs] for k in (0, 1)]
         images = self.reference_batch([(p, None, s) for p, _, s in jobs])
-        videos, _ = self.sampler(module).chained_batch(stage_captions, images, config, [s for _, _, s in jobs], progress=False)
+        videos = self.generate(module, "ti2v", stage_captions[0], images, config, [s for _, _, s in jobs],
+                               next_captions=stage_captions[1:])
         frames = video_from_model(videos.cpu()).numpy()
         for (photo, (first, second), seed), video in zip(jobs, frames):
             diffs = np.abs(np.diff(video.astype(np.float64), axis=0)).mean(axis=(1, 2, 3))  # between consecutive frames

@@ -1,14 +1,17 @@
-"""The claims experiment's sampling, split over processes (`python -m dv.claims --jobs N`).
+"""The claims experiment's sampling, split over processes (`dv claims --jobs N`).
 
-The worker function lives here, in an importable module, not in `dv.claims.__main__`: a spawned process
-unpickles it by module name, and multiprocessing does not import a package's `__main__` in its children.
+The worker function lives here, in an importable module: a spawned process unpickles it by module name.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
 import numpy as np
 import torch
 
+from dv.checkpoint import load_trained
 from dv.claims.captions import probe as caption_probe
 from dv.claims.experiment import ClaimsConfig, ClaimsRun
 
@@ -17,8 +20,6 @@ def sample_share(models: list[tuple[str, str, str]], config: ClaimsConfig, share
                  real: list[tuple[np.ndarray, str, str]]) -> dict:
     """One process's part of the experiment: its share of every setting's videos, and the caption probe of every
     n-th model. Runs in a worker process when --jobs > 1 (its own `threads` CPU threads)."""
-    from dv.sample import load_trained
-
     torch.set_num_threads(threads)
     torch.manual_seed(0)  # anything left to the global generator draws the same in every process
     run = ClaimsRun(config, progress=share[0] == 0, share=share)
@@ -45,9 +46,6 @@ def sample_all(models: list[tuple[str, str, str]], config: ClaimsConfig, jobs: i
     if jobs == 1:
         parts = [sample_share(models, config, (0, 1), threads, real)]
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(sample_share, models, config, (k, jobs), max(1, threads // jobs), real)
                        for k in range(jobs)]

@@ -20,10 +20,10 @@ each worker logs what it dropped and why when its stream ends, and
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import random
+import runpy
 import sys
 import warnings
 from itertools import islice
@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, default_collate, get_worker_info
 from dv.data.filters import ClipFilter
 from dv.data.latents import check_latent_shards, collate_latents, is_latent_batch
 from dv.data.shards import META_KEY, count_samples, decode_latent_sample, decode_sample, expand_shards, is_latent_sample
-from dv.errors import ConfigError, DataError, DVError
+from dv.errors import ConfigError, DataError
 
 log = logging.getLogger("dv.data")
 
@@ -438,38 +438,7 @@ class VideoDataModule(LightningDataModule):
         return self._loader(self.val_dataset(split="test")) if self.test_shards else []
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m dv.data.datamodule --shards PATTERN`: stream one batch and print what it holds."""
-    parser = argparse.ArgumentParser(prog="python -m dv.data.datamodule", description=main.__doc__)
-    parser.add_argument(
-        "--shards", required=True, help="shard pattern: DIR/train-*.tar or DIR/train-{000000..000003}.tar"
-    )
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--num-frames", type=int, default=None)
-    parser.add_argument("--frame-size", type=int, default=None)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        dm = VideoDataModule(
-            train_shards=args.shards,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            samples_per_epoch=args.batch_size * max(args.num_workers, 1),
-            num_frames=args.num_frames,
-            frame_size=args.frame_size,
-        )
-        dm.setup("fit")
-        batch = next(iter(dm.train_dataloader()))
-    except DVError as exc:
-        print(f"dv.data: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    video = batch["video"]
-    print(f"video: {tuple(video.shape)} {video.dtype} (B, T, H, W, C), values {int(video.min())}..{int(video.max())}")
-    for caption, meta in zip(batch["caption"], batch["meta"]):
-        print(f"  {meta.get('key')}: {caption!r} (source {meta.get('source_id')}, frames {meta.get('frame_indices')})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the old form of `dv check-data`, kept for one release; the command is dv/check_data.py
+    print("python -m dv.data.datamodule is deprecated and goes in the next release; use `dv check-data`", file=sys.stderr)
+    sys.argv[1:1] = ["check-data"]
+    runpy.run_module("dv", run_name="__main__")

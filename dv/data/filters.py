@@ -42,9 +42,11 @@ class ClipFilter:
 
     @classmethod
     def from_config(cls, value: "dict[str, Any] | ClipFilter | None") -> "ClipFilter":
-        """A filter from a recipe's ``filters`` mapping (None: keep all); ConfigError naming a bad key or value."""
+        """A filter from a recipe's ``filters`` mapping or parsed namespace (None: keep all); ConfigError naming a bad key or value."""
         if value is None or isinstance(value, ClipFilter):
             return value or cls()
+        if hasattr(value, "as_dict"):  # the section as a parsed recipe (dv.recipe.Recipe) holds it
+            value = value.as_dict()
         if not isinstance(value, dict):
             raise ConfigError(f"data.filters must be a mapping like {{min_motion: 0.3, drop_cuts: true}}, not {value!r}")
         unknown = sorted(set(value) - {"min_motion", "max_motion", "drop_cuts"})

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from einops import rearrange
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dv.data.video import resize_crop
@@ -50,3 +51,11 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
         raise DataError(f"image {str(path)!r} is empty")
     frames = torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True))[None]
     return resize_crop(frames, size)[0]
+
+
+def image_to_model(pixels: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """uint8 images (H, W, 3) or (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1], what the samplers take."""
+    pixels = torch.as_tensor(pixels)
+    if pixels.ndim == 3:
+        pixels = pixels[None]
+    return rearrange(pixels, "b h w c -> b c h w").float().div(127.5).sub(1)

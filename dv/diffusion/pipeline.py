@@ -1,4 +1,8 @@
-"""VideoSampler: captions and reference images in, videos out, over a backbone and optional image-conditioning branch."""
+"""Sampling videos: `generate` (the one entry point, one vocabulary of modes) and VideoSampler underneath it.
+
+`dv sample`, `dv app`, VideoValidation and the claims experiment all call `generate`; it picks TI2V-Zero for
+the zero_shot mode and VideoSampler (Eq. 5 guidance, single-stage or chained) for the others.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from diffusers import SchedulerMixin
 
 from dv.diffusion.guidance import Conditions
 from dv.diffusion.sampling import SamplerConfig, chain_videos, ddim_sample, ddim_scheduler
+from dv.diffusion.zero_shot import DEFAULT_RESAMPLE_STEPS, ti2v_zero_sample
 from dv.errors import ConfigError
 from dv.models.backbone import Backbone
 from dv.models.conditions import white_images
@@ -130,3 +135,73 @@ class VideoSampler:
             stages.append(video)
             reference = video[:, :, -1]
         return chain_videos(stages), references
+
+
+MODES = ("t2v", "i2v", "ti2v", "zero_shot")
+"""Sampling modes: text only, image only, text + image (Eq. 5), and TI2V-Zero on the backbone alone."""
+MODE_LABELS = {"t2v": "text-to-video", "i2v": "image-to-video", "ti2v": "text+image",
+               "zero_shot": "text+image, zero-shot (TI2V-Zero)"}
+"""How pages and reports name each mode."""
+TEXT_MODES = ("t2v", "ti2v", "zero_shot")
+"""Modes that read the captions."""
+IMAGE_MODES = ("i2v", "ti2v", "zero_shot")
+"""Modes that read the reference images."""
+BRANCH_MODES = ("i2v", "ti2v")
+"""Modes that need an image-conditioning branch (zero_shot conditions the backbone alone)."""
+
+
+def check_mode(mode: str, has_branch: bool | None = None) -> str:
+    """`mode` if it is one of MODES (and, when `has_branch` is given, the model can sample it); else a ConfigError."""
+    if mode not in MODES:
+        raise ConfigError(f"unknown sampling mode {mode!r}; choose from {', '.join(MODES)}")
+    if has_branch is False and mode in BRANCH_MODES:
+        raise ConfigError(f"mode {mode!r} needs an image-conditioning branch; this model samples t2v or zero_shot")
+    return mode
+
+
+def mode_of(text: bool, image: bool, zero_shot: bool = False) -> str:
+    """The mode that uses text and/or an image (zero_shot: TI2V-Zero, which uses both)."""
+    if zero_shot:
+        return "zero_shot"
+    if not (text or image):
+        raise ConfigError("give a prompt, an image, or both")
+    return "ti2v" if text and image else ("t2v" if text else "i2v")
+
+
+@torch.no_grad()
+def generate(
+    model,
+    mode: str,
+    captions: list[str] | None,
+    images: torch.Tensor | None,
+    settings: SamplerConfig,
+    seeds: list[int],
+    *,
+    frames: int,
+    size: int,
+    next_captions: list[list[str] | None] | tuple = (),
+    resample_steps: int = DEFAULT_RESAMPLE_STEPS,
+    progress: bool = False,
+    callback: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Videos (B, 3, T, H, W) in [-1, 1] of a trained module (its backbone, branch and noise schedule) in `mode`.
+
+    captions: one per seed (read in TEXT_MODES); images: reference images (B, 3, H, W) in [-1, 1] (read in
+    IMAGE_MODES); video i is drawn from seeds[i]. next_captions chains more stages (one caption list per stage,
+    None for no text), each starting from the previous stage's last frame: T = N·frames − (N − 1).
+    callback(step, steps) is called after every denoising step (not in zero_shot).
+    """
+    check_mode(mode, has_branch=model.branch is not None)
+    text = captions if mode in TEXT_MODES else None
+    image = images if mode in IMAGE_MODES else None
+    if mode == "zero_shot":
+        if text is None or image is None or next_captions:
+            raise ConfigError("zero_shot sampling needs a prompt and an image, in a single stage")
+        return ti2v_zero_sample(model.backbone, model.noise_scheduler, list(text), image, frames, settings, seeds,
+                                resample_steps=resample_steps, progress=progress)
+    sampler = VideoSampler(model.backbone, model.branch, model.noise_scheduler, frames, size)
+    if not next_captions:
+        return sampler.sample(text, image, settings, seeds, progress=progress, callback=callback)
+    stages = [text] + [c if mode in TEXT_MODES else None for c in next_captions]
+    video, _ = sampler.chained_batch(stages, image, settings, seeds, progress=progress, callback=callback)
+    return video

@@ -5,13 +5,13 @@ samples. The first start from which the result no longer resembles the clip (its
 pixel-to-pixel energy against the clip's own, which grows where noise is left in place) is the noise level that more
 training has to reach. No guidance: the conditional model alone, with the clips' captions (and first frames).
 
-    python -m dv.diffusion.trajectory --recipe runs/demo-t2v/latest/config.yaml \
+    dv trajectory --recipe runs/demo-t2v/latest/config.yaml \
         --ckpt runs/demo-t2v/latest/checkpoints/last.ckpt --shards 'data/shards/camera-pans/val-*.tar'
 """
 
 from __future__ import annotations
 
-import argparse
+import runpy
 import sys
 from dataclasses import dataclass
 
@@ -106,29 +106,8 @@ def first_clips(pattern: str, frames: int, size: int, count: int) -> tuple[torch
     return video_to_model(batch["video"]), list(batch["caption"])
 
 
-def main(argv: list[str] | None = None) -> int:
-    from dv.sample import load_trained, recipe_video_shape
-
-    parser = argparse.ArgumentParser(prog="python -m dv.diffusion.trajectory", description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", required=True, help="the recipe the checkpoint was trained with")
-    parser.add_argument("--ckpt", required=True, help="a dv checkpoint (.ckpt) or export (.safetensors)")
-    parser.add_argument("--shards", required=True, help="held-out video shards")
-    parser.add_argument("--clips", type=int, default=8, help="how many clips of the shards")
-    parser.add_argument("--steps", type=int, default=25, help="DDIM steps over the whole schedule")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-ema", action="store_true", help="the raw trained weights even when an EMA was kept")
-    args = parser.parse_args(argv)
-    try:
-        frames, size = recipe_video_shape(args.recipe)
-        video, captions = first_clips(args.shards, frames, size, args.clips)
-        module = load_trained(args.recipe, args.ckpt, use_ema=not args.no_ema)
-        rows = trajectory_table(module, video, captions, steps=args.steps, seed=args.seed)
-    except DVError as e:
-        print(f"dv: error: {e}", file=sys.stderr)
-        return e.exit_code
-    print(format_table(rows, len(captions), args.steps))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the old form of `dv trajectory`, kept for one release; the command is dv/trajectory.py
+    print("python -m dv.diffusion.trajectory is deprecated and goes in the next release; use `dv trajectory`",
+          file=sys.stderr)
+    sys.argv[1:1] = ["trajectory"]
+    runpy.run_module("dv", run_name="__main__")
