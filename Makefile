@@ -27,7 +27,7 @@ test-fast: install
 # SHARD_ARGS passes builder options (e.g. SHARD_ARGS="--size 64").
 SHARD_ARGS ?=
 shards: install
-	$(PY) -m data_prep build --source camera-pans --out $(SHARDS) $(SHARD_ARGS)
+	$(DV) shards --source camera-pans --out $(SHARDS) $(SHARD_ARGS)
 
 # Latent shards of the demo data, encoded once by the demo recipes' autoencoder (both stages share it).
 LATENTS ?= data/latents/camera-pans
@@ -38,7 +38,7 @@ latents: shards
 # photo and move; the recipes read them as 32x32 frames (pans move 1.25-2.25 px per frame there).
 TINY_SHARDS ?= data/shards/camera-pans-64
 tiny-shards: install
-	$(PY) -m data_prep build --source camera-pans --out $(TINY_SHARDS) --size 64 --frames 8 --clips-per-video 16
+	$(DV) shards --source camera-pans --out $(TINY_SHARDS) --size 64 --frames 8 --clips-per-video 16
 
 # The shipped models (pretrained/), from scratch: the T2V backbone, then DreamVideo and the DynamiCrafter-style model
 # on it side by side (one thread each). Interrupted, it resumes (--resume-if-exists). Each stage ends in a `dv export`
@@ -68,15 +68,15 @@ FIT_ARGS ?=
 DEMO_PHOTO ?= rocket
 DEMO_PROMPT ?= the camera pans left over a photo of a rocket on a launch pad
 demo: tiny-shards
-	$(PY) -m dv.data.datamodule --shards "$(TINY_SHARDS)/train-*.tar" --batch-size 4
+	$(DV) check-data --shards "$(TINY_SHARDS)/train-*.tar" --batch-size 4
 	$(DV) fit --recipe recipes/demo.yaml --resume-if-exists $(TINY_DATA) $(FIT_ARGS)
 	$(DV) export --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/latest/checkpoints/last.ckpt \
 		--out $(RUNS)/demo/export.safetensors
 	$(DV) validate --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/latest/checkpoints/last.ckpt
-	$(PY) -m dv.diffusion.trajectory --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/latest/checkpoints/last.ckpt \
+	$(DV) trajectory --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/latest/checkpoints/last.ckpt \
 		--shards "$(TINY_SHARDS)/val-*.tar" --clips 4 --steps 10
 	$(DV) info --recipe recipes/demo.yaml
-	$(PY) -c "from PIL import Image; from data_prep.camera_pans import reference_view; Image.fromarray(reference_view('$(DEMO_PHOTO)', 256)).save('$(RUNS)/demo/$(DEMO_PHOTO).png')"
+	$(PY) -c "from PIL import Image; from dv.data.camera_pans import reference_view; Image.fromarray(reference_view('$(DEMO_PHOTO)', 256)).save('$(RUNS)/demo/$(DEMO_PHOTO).png')"
 	$(DV) sample --recipe $(RUNS)/demo/latest/config.yaml --ckpt $(RUNS)/demo/export.safetensors \
 		--image $(RUNS)/demo/$(DEMO_PHOTO).png --prompt "$(DEMO_PROMPT)" --steps 20 --guidance-text 3 --guidance-image 2 \
 		--gif --strip --out $(RUNS)/demo/sample.mp4
@@ -89,8 +89,8 @@ CLAIMS_SHARDS ?= data/shards/camera-pans-64-claims
 # CLAIMS_JOBS: sampling processes (one thread each on 2 cores: more videos per second than one with two threads).
 CLAIMS_JOBS ?= 2
 claims: install
-	$(PY) -m data_prep build --source camera-pans --out $(CLAIMS_SHARDS) --size 64 --frames 8 --clips-per-video 4 --split val
-	$(PY) -m dv.claims --val-shards "$(CLAIMS_SHARDS)/val-*.tar" --out $(RUNS)/claims --figure docs/claims.png --jobs $(CLAIMS_JOBS) \
+	$(DV) shards --source camera-pans --out $(CLAIMS_SHARDS) --size 64 --frames 8 --clips-per-video 4 --split val
+	$(DV) claims --val-shards "$(CLAIMS_SHARDS)/val-*.tar" --out $(RUNS)/claims --figure docs/claims.png --jobs $(CLAIMS_JOBS) \
 		--model T2V=pretrained/tiny-t2v/config.yaml,pretrained/tiny-t2v/model.safetensors \
 		--model DreamVideo=pretrained/tiny-dreamvideo/config.yaml,pretrained/tiny-dreamvideo/model.safetensors \
 		--model DynamiCrafter=pretrained/tiny-dynamicrafter/config.yaml,pretrained/tiny-dynamicrafter/model.safetensors

@@ -10,7 +10,7 @@ from dv.cli import deprecation_line, run_guarded
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse and run; a DVError is one line on stderr (`data_prep: error: ...`) and exit code 2."""
+    """Parse and run; a DVError is one line on stderr (dv.cli.run_guarded, as `data_prep`) and exit code 2."""
     return run_guarded(lambda: run(make_parser().parse_args(argv)), prog="data_prep")
 
 

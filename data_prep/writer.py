@@ -2,10 +2,11 @@
 
 Sources of a split are sorted by id and cut into shards of ``shard_size``
 *sources* each (shard i = sources [i*S, (i+1)*S)), so which source lands in
-which shard is known before any decoding. Node ``r`` of ``n`` builds the
-shards with ``i % n == r``. A shard is written to ``NAME.tar.tmp``, renamed
-when whole, and its ``.stats.json`` is written last: a shard with both files
-is skipped on a rerun, anything else is redone.
+which shard is known before any decoding. Writing follows dv's shard rules
+(dv/data/shard_output.py, shared with the latent cache): node ``r`` of ``n``
+builds the shards with ``i % n == r``, a shard is written to ``NAME.tar.tmp``,
+renamed when whole, and its ``.stats.json`` is written last: a shard with both
+files is skipped on a rerun, anything else is redone.
 
 Workers take *videos*, not shards: pool processes decode, score and encode
 one source each, and this process writes their samples into the shards in
@@ -18,6 +19,7 @@ dies, even by kill -9.
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing as mp
 import os
 import random
@@ -25,7 +27,7 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -36,20 +38,8 @@ import numpy as np
 from tqdm import tqdm
 
 from dv.data.scores import luma, motion_score, scene_cut
-from dv.data.shards import (
-    ClipMeta,
-    SampleTarWriter,
-    ShardStats,
-    build_report,
-    encode_sample,
-    read_stats,
-    sample_key,
-    shard_complete,
-    shard_name,
-    stats_name,
-    temp_name,
-    write_stats,
-)
+from dv.data.shard_output import ShardOutput, ShardSummary, refuse_other_settings, shards_to_write
+from dv.data.shards import ClipMeta, SampleTarWriter, ShardStats, encode_sample, sample_key, shard_name
 from dv.data.video import (
     VideoError,
     clip_span,
@@ -144,16 +134,11 @@ class ShardTask:
 
 
 @dataclass
-class BuildSummary:
+class BuildSummary(ShardSummary):
     """What a build did, for the closing report and for tests."""
 
-    shards_written: list[str] = field(default_factory=list)
-    shards_already_complete: list[str] = field(default_factory=list)
-    shards_failed: dict[str, str] = field(default_factory=dict)
     clips_written: int = 0
     sources_seen: int = 0
-    skipped_by_reason: Counter = field(default_factory=Counter)
-    duration_s: float = 0.0
 
     def add(self, stats: ShardStats) -> None:
         """Fold one shard's stats into the totals."""
@@ -161,11 +146,9 @@ class BuildSummary:
         self.sources_seen += stats.sources_seen
         self.skipped_by_reason.update(stats.skipped_by_reason)
 
-    def report(self) -> str:
-        """A few human lines: shards, clips, skipped sources by reason, failures."""
-        totals = f"clips written: {self.clips_written} from {self.sources_seen} sources in {self.duration_s:.1f}s"
-        return build_report("shards", len(self.shards_written), len(self.shards_already_complete), self.shards_failed,
-                            totals, self.skipped_by_reason, "sources")
+    def totals(self) -> str:
+        """Clips, sources and seconds."""
+        return f"clips written: {self.clips_written} from {self.sources_seen} sources in {self.duration_s:.1f}s"
 
 
 def pick_caption(captions: str | Sequence[str], source_id: str, clip_index: int) -> str:
@@ -345,21 +328,14 @@ def _init_worker(parent: int) -> None:
 
 
 class _ShardWriter:
-    """One shard being written in this process: temp tar, stats, rename and stats last."""
+    """One shard being written in this process (dv's shard rules: temp tar, rename, stats last)."""
 
     def __init__(self, task: ShardTask, cfg: BuildConfig):
-        out = Path(cfg.out_dir)
-        self.final = out / shard_name(task.split, task.index)
-        self.tmp = out / temp_name(task.split, task.index)
-        self.stats_path = out / stats_name(task.split, task.index)
-        self.stats_path.unlink(missing_ok=True)  # a redone shard is incomplete until its new stats land
-        self.stats = ShardStats(
-            shard=self.final.name, split=task.split, index=task.index, source=cfg.source, settings=cfg.settings()
-        )
+        stats = ShardStats(shard=shard_name(task.split, task.index), split=task.split, index=task.index,
+                           source=cfg.source, settings=cfg.settings())
+        self.out = ShardOutput(cfg.out_dir, task.split, task.index, stats, SampleTarWriter)
+        self.stats = stats
         self.keys: set[str] = set()
-        self.start = time.monotonic()
-        self.stream = open(self.tmp, "wb")
-        self.tar = SampleTarWriter(self.stream)
 
     def add(self, record: Record, samples: list[dict], reason: str | None) -> int:
         """Write one source's samples (or record why it has none); returns the clips written."""
@@ -370,7 +346,7 @@ class _ShardWriter:
             self.stats.skip(record.source_id, reason)
         for sample in samples:
             self.keys.add(sample["__key__"])
-            self.tar.write(sample)
+            self.out.tar.write(sample)
             self.stats.clip_scores[sample["__key__"]] = _score_summary(sample)
         self.stats.samples_written += len(samples)
         self.stats.sources_written += bool(samples)
@@ -378,23 +354,15 @@ class _ShardWriter:
 
     def finish(self) -> ShardStats:
         """Close the tar, rename it into place, write the stats last."""
-        self.close()
-        os.replace(self.tmp, self.final)
-        self.stats.duration_s = round(time.monotonic() - self.start, 3)
-        write_stats(self.stats_path, self.stats)
-        return self.stats
+        return self.out.finish()
 
     def close(self) -> None:
         """Close the temp file (a failed or interrupted shard leaves it for the rerun to overwrite)."""
-        if not self.stream.closed:
-            self.tar.close()
-            self.stream.close()
+        self.out.close()
 
 
 def _score_summary(sample: dict) -> dict[str, Any]:
-    """What `data_prep stats` reads of a clip, kept in its shard's stats file (no need to open the tar)."""
-    import json
-
+    """What `dv shard-stats` reads of a clip, kept in its shard's stats file (no need to open the tar)."""
     meta = json.loads(sample["json"])
     return {**meta["scores"], "source_size": meta["source_size"], "source_bit_rate": meta["source_bit_rate"]}
 
@@ -553,30 +521,20 @@ def _advance(bar, sources: int, clips: int) -> None:
     bar.update(sources)
 
 
-def _check_same_settings(cfg: BuildConfig, split: str, index: int) -> None:
-    """Refuse to mix shards built with other settings into one folder."""
-    old = read_stats(Path(cfg.out_dir) / stats_name(split, index)).settings
-    diff = {k: (old.get(k), v) for k, v in cfg.settings().items() if k in old and old[k] != v}
-    if diff:
-        what = ", ".join(f"{k} {a} (now {b})" for k, (a, b) in sorted(diff.items()))
-        raise ConfigError(f"{cfg.out_dir} holds shards built with {what}; use another --out or delete them")
-
-
 def build(splits: dict[str, Sequence[Record]], cfg: BuildConfig, quiet: bool = False) -> BuildSummary:
     """Build every split's shards owned by this node, skipping complete ones; returns the summary."""
     start = time.monotonic()
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     summary = BuildSummary()
-    tasks: list[ShardTask] = []
-    for split, records in splits.items():
-        for task in plan_shards(records, split, cfg.shard_size):
-            if task.index % cfg.num_nodes != cfg.node_rank:
-                continue
-            if shard_complete(cfg.out_dir, split, task.index):
-                _check_same_settings(cfg, split, task.index)
-                summary.shards_already_complete.append(shard_name(split, task.index))
-            else:
-                tasks.append(task)
+    planned = [task for split, records in splits.items() for task in plan_shards(records, split, cfg.shard_size)]
+
+    def check(split: str, index: int) -> None:
+        """Refuse to mix shards built with other settings into one folder."""
+        refuse_other_settings(cfg.out_dir, split, index, cfg.settings(), "shards built")
+
+    tasks, summary.shards_already_complete = shards_to_write(
+        planned, lambda task: (task.split, task.index), cfg.out_dir, cfg.num_nodes, cfg.node_rank, check
+    )
     total = sum(len(t.records) for t in tasks)
     with tqdm(total=total, unit="video", desc=f"{cfg.source} shards", disable=quiet, dynamic_ncols=True) as bar:
         _write_all(tasks, cfg, summary, bar)

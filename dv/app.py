@@ -141,7 +141,7 @@ def recipe_sampling(recipe: Recipe) -> dict[str, float]:
     """The page's starting steps, s_t and s_i: those the recipe's VideoValidation samples with, else dv sample's."""
     defaults = SamplerConfig()
     settings = {"steps": defaults.steps, "s_text": defaults.s_text, "s_image": defaults.s_image}
-    validation = recipe.callback_args("VideoValidation") if "trainer" in recipe.config else None
+    validation = recipe.callback_args("VideoValidation")
     if validation is not None:
         settings.update({k: getattr(validation, k) for k in settings})
     settings["steps"] = min(int(settings["steps"]), MAX_STEPS)

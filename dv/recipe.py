@@ -67,13 +67,15 @@ def _parser(key: str) -> ArgumentParser:
 class Recipe:
     """A recipe parsed once: its model, data and trainer sections, each with its classes' defaults filled in.
 
-    `where` names the recipe in errors (its path, or the checkpoint it came from).
+    `where` names the recipe in errors (its path, or the checkpoint it came from). The trainer section is parsed
+    when first asked for (loading a model for sampling never needs it), then kept.
     """
 
     def __init__(self, sections: dict[str, Any], where: str) -> None:
         self.where = where
         self.config: dict[str, Namespace] = {}
-        for key in SECTIONS:
+        self._trainer = sections.get("trainer") or {}
+        for key in ("model", "data"):
             if sections.get(key) is not None:
                 self.config[key] = self._parse(key, sections[key])
 
@@ -125,7 +127,7 @@ class Recipe:
     def trainer_args(self) -> Namespace:
         """The Trainer's arguments, defaults included (Lightning's own when the recipe has no trainer section)."""
         if "trainer" not in self.config:
-            self.config["trainer"] = self._parse("trainer", {})
+            self.config["trainer"] = self._parse("trainer", self._trainer)
         return self.config["trainer"].trainer
 
     def video_shape(self) -> tuple[int, int]:
@@ -153,6 +155,7 @@ class Recipe:
 
     def dump(self) -> str:
         """The parsed sections as YAML (what a checkpoint keeps to rebuild the model without the file)."""
+        self.trainer_args()
         out = {}
         for key, config in self.config.items():
             out.update(yaml.safe_load(_parser(key).dump(config)))

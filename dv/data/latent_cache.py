@@ -1,7 +1,7 @@
 """Latent shards from video shards: every clip encoded once by given encoders; whole shards, resumable, node-split.
 
 Video shard ``PREFIX-000007.tar`` becomes latent shard ``OUT/PREFIX-000007.tar``
-(the format: dv/data/shards.py). As with the shard builder (data_prep/writer.py),
+(the format: dv/data/shards.py). The shard builder's rules apply (dv/data/shard_output.py):
 a shard is written under a temp name and renamed when whole, its
 ``.stats.json`` (clips, seconds, bytes, the encoders' identities) is written
 last, a rerun skips shards that have both files and redoes the rest, and node
@@ -14,7 +14,6 @@ a recipe's autoencoder), so this module imports no model code.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,26 +25,22 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
+from dv.data.filters import ClipFilter
+from dv.data.shard_output import ShardOutput, ShardSummary, refuse_other_settings, shards_to_write
 from dv.data.shards import (
     LATENT_DTYPE,
     LATENT_KIND,
     META_KEY,
     TAR_MTIME,
     ShardStats,
-    build_report,
     count_samples,
     decode_sample,
     encode_latent_sample,
     parse_shard_name,
     read_stats,
-    shard_complete,
     shard_name,
-    stats_name,
     stats_path_for,
-    temp_name,
-    write_stats,
 )
-from dv.data.filters import ClipFilter
 from dv.errors import ConfigError
 
 _SAME = ("kind", "num_frames", "frame_size", "vae", "text_encoder", "dtype", "filters")
@@ -111,25 +106,22 @@ class CacheConfig:
 
 
 @dataclass
-class CacheSummary:
+class CacheSummary(ShardSummary):
     """What a cache build did: shards written, skipped and failed; clips, bytes and seconds."""
 
-    shards_written: list[str] = field(default_factory=list)
-    shards_already_complete: list[str] = field(default_factory=list)
-    shards_failed: dict[str, str] = field(default_factory=dict)
     clips_written: int = 0
     bytes_written: int = 0
-    skipped_by_reason: Counter = field(default_factory=Counter)
     filtered_by_reason: Counter = field(default_factory=Counter)
-    duration_s: float = 0.0
 
-    def report(self) -> str:
-        """A few human lines: shards, clips, bytes, skipped clips by reason, failures."""
+    kind = "latent shards"
+    skipped = "clips"
+
+    def totals(self) -> str:
+        """Clips, bytes and seconds, and what the filters left out."""
         totals = f"clips encoded: {self.clips_written} ({self.bytes_written / 2**20:.1f} MiB) in {self.duration_s:.1f}s"
         if self.filtered_by_reason:
             totals += "; filters: " + ", ".join(f"{k}: {v}" for k, v in sorted(self.filtered_by_reason.items()))
-        return build_report("latent shards", len(self.shards_written), len(self.shards_already_complete),
-                            self.shards_failed, totals, self.skipped_by_reason, "clips")
+        return totals
 
 
 class _ShardClips(IterableDataset):
@@ -177,22 +169,19 @@ class _OpenShard:
 
     def __init__(self, url: str, cfg: CacheConfig, encoders: Encoders):
         prefix, index = parse_shard_name(url)
-        out = Path(cfg.out_dir)
-        self.final, self.tmp = out / shard_name(prefix, index), out / temp_name(prefix, index)
-        self.stats_path = out / stats_name(prefix, index)
-        self.stats_path.unlink(missing_ok=True)  # a redone shard is incomplete until its new stats land
         source = read_stats(stats_path_for(url)) if "://" not in url else None
         settings = {**cfg.settings(encoders), "from": url}
         self.stats = ShardStats(
-            shard=self.final.name, split=prefix, index=index, source=source.source if source else "unknown", settings=settings
+            shard=shard_name(prefix, index), split=prefix, index=index, source=source.source if source else "unknown",
+            settings=settings,
         )
+        self.out = ShardOutput(cfg.out_dir, prefix, index, self.stats,
+                               lambda stream: wds.TarWriter(stream, encoder=False, mtime=TAR_MTIME))
+        self.final = self.out.final
         self.encoders, self.batch_size = encoders, cfg.batch_size
         self.pending: list[dict[str, Any]] = []
         self.frames: set[int] = set()
         self.sizes: set[int] = set()
-        self.start = time.monotonic()
-        self.stream = open(self.tmp, "wb")
-        self.tar = wds.TarWriter(self.stream, encoder=False, mtime=TAR_MTIME)
 
     def add(self, item: dict[str, Any]) -> int:
         """Take one item from the reader; returns the clips written by it (a full batch is encoded)."""
@@ -227,7 +216,7 @@ class _OpenShard:
                 clip["key"], mean[i], logvar[i], clip["video"][0], clip["caption"], clip["meta"], self.encoders.vae,
                 text=None if text is None else text[i], text_encoder=self.encoders.text_encoder,
             )
-            self.tar.write(sample)
+            self.out.tar.write(sample)
         self.frames.add(int(video.shape[1]))
         self.sizes.add(int(video.shape[2]))
         self.stats.samples_written += len(clips)
@@ -237,43 +226,26 @@ class _OpenShard:
     def finish(self) -> tuple[int, ShardStats]:
         """Encode what is left, close the tar, rename it into place, write the stats last."""
         written = self.flush()
-        self.close()
-        os.replace(self.tmp, self.final)
-        self.stats.settings.update(frames=sorted(self.frames), sizes=sorted(self.sizes))
-        self.stats.duration_s = round(time.monotonic() - self.start, 3)
-        self.stats.bytes_written = self.final.stat().st_size
-        write_stats(self.stats_path, self.stats)
-        return written, self.stats
+
+        def record(stats: ShardStats) -> None:
+            stats.settings.update(frames=sorted(self.frames), sizes=sorted(self.sizes))
+            stats.bytes_written = self.final.stat().st_size
+
+        return written, self.out.finish(record)
 
     def close(self) -> None:
         """Close the temp file (left for the next run to overwrite when the shard is not finished)."""
-        self.tar.close()
-        self.stream.close()
-
-
-def _check_same_settings(cfg: CacheConfig, encoders: Encoders, prefix: str, index: int) -> None:
-    """Refuse to mix latent shards made with other encoders or sizes into one folder."""
-    old = read_stats(Path(cfg.out_dir) / stats_name(prefix, index)).settings
-    new = cfg.settings(encoders)
-    diff = [k for k in _SAME if old.get(k) != new.get(k)]
-    if diff:
-        what = ", ".join(f"{k} {str(old.get(k))[:12]} (now {str(new.get(k))[:12]})" for k in diff)
-        raise ConfigError(f"{cfg.out_dir} holds latent shards made with {what}; use another --out or delete them")
+        self.out.close()
 
 
 def plan(shards: list[str], cfg: CacheConfig, encoders: Encoders) -> tuple[list[str], list[str]]:
     """(shards this node must encode, finished ones it skips); refuses a folder holding another cache."""
-    todo, done = [], []
-    for url in shards:
-        prefix, index = parse_shard_name(url)
-        if index % cfg.num_nodes != cfg.node_rank:
-            continue
-        if shard_complete(cfg.out_dir, prefix, index):
-            _check_same_settings(cfg, encoders, prefix, index)
-            done.append(shard_name(prefix, index))
-        else:
-            todo.append(url)
-    return todo, done
+    def check(prefix: str, index: int) -> None:
+        """Refuse to mix latent shards made with other encoders or sizes into one folder."""
+        refuse_other_settings(cfg.out_dir, prefix, index, cfg.settings(encoders), "latent shards made", keys=_SAME,
+                              width=12)
+
+    return shards_to_write(shards, parse_shard_name, cfg.out_dir, cfg.num_nodes, cfg.node_rank, check)
 
 
 def build_cache(shards: list[str], encoders: Encoders, cfg: CacheConfig, quiet: bool = False) -> CacheSummary:

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from braceexpand import braceexpand
 
+from dv.atomic import atomic_write
 from dv.data.video import decode_mp4, resize_crop
 from dv.errors import DataError
 
@@ -356,11 +357,9 @@ class ShardStats:
 
 
 def write_stats(path: str | Path, stats: ShardStats) -> None:
-    """Write a stats file atomically (temp file, then rename): its presence marks the shard complete."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(asdict(stats), indent=1, sort_keys=True, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    """Write a stats file whole or not at all (dv.atomic): its presence marks the shard complete."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(asdict(stats), indent=1, sort_keys=True, ensure_ascii=False), encoding="utf-8")
 
 
 def read_stats(path: str | Path) -> ShardStats | None:
