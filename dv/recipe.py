@@ -101,7 +101,7 @@ class Recipe:
         if key not in self.config:
             raise ConfigError(f"recipe {self.where!r} has no '{key}' section")
         try:
-            return _parser(key).instantiate_classes(self.config[key])[key]
+            return _parser(key).instantiate(self.config[key])[key]
         except ConfigError:
             raise
         except Exception as e:

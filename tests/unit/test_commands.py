@@ -85,6 +85,8 @@ def test_one_place_prints_errors():
 def test_no_module_but_the_cli_imports_dv_sample():
     importers = []
     for path in python_files("dv", "data_prep", "benchmarks", "tests"):
+        if path == Path(__file__).resolve():
+            continue  # this test names the module it looks for
         text = path.read_text(encoding="utf-8")
         if {"dv.sample"} & imported_modules(path) or '"dv.sample"' in text:
             importers.append(path.relative_to(ROOT).as_posix())
