@@ -95,10 +95,15 @@ def command_words(words: list[str]) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------- checks
 
 
+PLACEHOLDERS = {"C": "last.ckpt"}
+"""The docs' placeholders that must be spelled out to run: dv tells a checkpoint from an export by its extension, and
+`dv validate` takes a training checkpoint (`dv sample` and `dv app` take either)."""
+
+
 def _lightning_argv(words: list[str]) -> list[str]:
     """`dv fit ...`, `srun dv fit ...`, `torchrun ... -m dv fit ...`: the arguments after `dv`."""
     words = command_words(words)
-    return words[words.index("dv") + 1:]
+    return [PLACEHOLDERS.get(w, w) for w in words[words.index("dv") + 1:]]
 
 
 REAL_RECIPES = {
@@ -221,7 +226,7 @@ def world(tmp_path_factory, pans_shards) -> World:
         # used folder is refused); the lines after it in docs/dynamicrafter.md use it.
         for name in ("dreamvideo", "dynamicrafter"):
             assert dv_main(["fit", "--recipe", f"recipes/{name}.yaml"]) == 0
-        assert dv_main(["export", "--recipe", "R", "--ckpt", "runs/dreamvideo/version_0/checkpoints/last.ckpt", "--out", "C"]) == 0
+        assert dv_main(["export", "--recipe", "R", "--ckpt", "runs/dreamvideo/version_0/checkpoints/last.ckpt", "--out", "C.safetensors"]) == 0
         assert dv_main(["export", "--recipe", "recipes/dynamicrafter.yaml", "--ckpt",
                         "runs/dynamicrafter/version_0/checkpoints/last.ckpt", "--out", "runs/dynamicrafter/stage1.safetensors"]) == 0
     finally:
