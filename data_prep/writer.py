@@ -18,6 +18,8 @@ dies, even by kill -9.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import multiprocessing as mp
@@ -52,7 +54,7 @@ from dv.data.video import (
     stream_rate,
     strided_fps,
 )
-from dv.errors import ConfigError
+from dv.errors import ConfigError, DataError
 
 
 class Renderer(Protocol):
@@ -501,15 +503,21 @@ def _write_all(tasks: Sequence[ShardTask], cfg: BuildConfig, summary: "BuildSumm
                     summary.add(shard.finish())
                     summary.shards_written.append(name)
             except Exception as exc:  # noqa: BLE001 - reported, and the rerun redoes the shard
-                shard.close()
+                with contextlib.suppress(OSError):  # on a full disk the close fails too
+                    shard.close()
                 open_shards.pop(key, None)
+                if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                    # Not this shard's fault: every later one would fail the same way. Finished shards are whole.
+                    raise DataError(f"no space left on device writing {shard.tmp}; the finished shards are whole: "
+                                    "free some space and rerun the same command") from None
                 failed.add(key)
                 summary.shards_failed[name] = str(exc) if reason == WORKER_DIED else f"{type(exc).__name__}: {exc}"
                 if pool is not None:
                     pool.drop(lambda tag: (tag[0].split, tag[0].index) != key)
     finally:
         for shard in open_shards.values():  # interrupted: temp files stay behind, and the rerun overwrites them
-            shard.close()
+            with contextlib.suppress(OSError):
+                shard.close()
         if pool is not None:
             pool.close()
 

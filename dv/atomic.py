@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from dv.errors import ConfigError
+
+
+def _disk_full(folder: Path) -> bool:
+    """Whether `folder`'s filesystem has (next to) no space left for this process."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 2**20
 
 
 def _umask() -> int:
@@ -25,7 +35,9 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     The temp file is on the same filesystem as `path` (a rename across filesystems is a copy, and a kill or a
     full disk during a copy leaves a partial file under the final name), its data reach the disk (fsync)
     before the rename, and it gets the mode a new file would get (0666 less the umask; mkstemp makes 0600).
-    If the block fails, the temp file is removed and `path` is left as it was.
+    If the block fails, the temp file is removed and `path` is left as it was. A failure on a full disk is an
+    OSError ENOSPC naming `path` (torch.save reports it as a RuntimeError about stream positions), which the
+    CLI prints as one line.
     """
     path = Path(path)
     try:
@@ -40,8 +52,14 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, OSError):
+            full = exc.errno == errno.ENOSPC
+        else:  # judged before the temp file's space is freed
+            full = isinstance(exc, Exception) and _disk_full(path.parent)
         Path(tmp).unlink(missing_ok=True)
+        if full:
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (nothing was replaced)", str(path)) from exc
         raise
     # The rename itself reaches the disk with the folder's entry.
     with contextlib.suppress(OSError):

@@ -88,6 +88,7 @@ class DVLightningCLI(LightningCLI):
         for callback in self.trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint):
                 found |= callback._find_last_checkpoints(self.trainer)
+        found = found or self._last_checkpoints_of_earlier_versions()
         if found:
             return max(found, key=os.path.getmtime)
         if required:
@@ -96,6 +97,23 @@ class DVLightningCLI(LightningCLI):
                 "save_dir, or pass --resume-if-exists to train from scratch when there is nothing to resume"
             )
         return None
+
+    def _last_checkpoints_of_earlier_versions(self) -> set[str]:
+        """`last*.ckpt` of the logger's other `version_N` folders, when this run's folder is a new one.
+
+        A recipe with `version: null` (recipes/dreamvideo.yaml) gets a new version_N folder on every run, so
+        `--ckpt_path last` looked only in the empty new one: the documented resume line failed. The run resumes
+        from the newest of them and logs into its new folder.
+        """
+        run_dir, folder = self.trainer.log_dir, self._checkpoint_folder()
+        if not run_dir or not folder or os.path.exists(run_dir):
+            return set()
+        if not re.fullmatch(r"version_\d+", os.path.basename(run_dir)):
+            return set()
+        inside = os.path.relpath(folder, run_dir)
+        if inside.startswith(".."):
+            return set()
+        return set(glob.glob(os.path.join(os.path.dirname(run_dir), "version_*", inside, "last*.ckpt")))
 
     def _refuse_used_run_folder(self) -> None:
         """A fresh `dv fit` into a run folder that holds checkpoints or TensorBoard events is refused."""

@@ -13,6 +13,7 @@ a recipe's autoencoder), so this module imports no model code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import Counter
@@ -289,6 +290,7 @@ def build_cache(shards: list[str], encoders: Encoders, cfg: CacheConfig, quiet: 
                 summary.filtered_by_reason.update(stats.filtered_by_reason)
     finally:
         for shard in open_shards.values():  # interrupted: temp files stay behind, and the next run overwrites them
-            shard.close()
+            with contextlib.suppress(OSError):  # on a full disk the close fails too; the first error is the one
+                shard.close()
     summary.duration_s = time.monotonic() - start
     return summary

@@ -224,6 +224,8 @@ def encode_latent_sample(
         raise DataError(f"sample {key!r}: posterior mean {tuple(mean.shape)} and logvar {tuple(logvar.shape)} must be (c, T, h, w)")
     if reference.dtype != torch.uint8 or reference.dim() != 3 or reference.shape[-1] != 3:
         raise DataError(f"sample {key!r}: the reference frame must be uint8 (H, W, 3), not {reference.dtype} {tuple(reference.shape)}")
+    _check_finite(f"sample {key!r}: the encoders gave", mean=mean, logvar=logvar, text=text,
+                  hint="; nothing of it is written (a half-precision overflow? try --precision 32-true)")
     png = io.BytesIO()
     Image.fromarray(reference.cpu().numpy()).save(png, format="PNG")
     posterior = {"mean": mean.to(LATENT_DTYPE).contiguous().cpu(), "logvar": logvar.to(LATENT_DTYPE).contiguous().cpu()}
@@ -238,6 +240,15 @@ def encode_latent_sample(
         embedding = {"embedding": text.to(LATENT_DTYPE).contiguous().cpu()}
         sample[TEXT_KEY] = save_tensors(embedding, metadata={"text_encoder": text_encoder or ""})
     return sample
+
+
+def _check_finite(what: str, hint: str = "", **tensors) -> None:
+    """DataError naming the tensors (of a latent sample) that hold NaN or inf; None entries are skipped."""
+    import torch
+
+    bad = [name for name, t in tensors.items() if t is not None and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise DataError(f"{what} NaN or inf in its {' and '.join(bad)}{hint}")
 
 
 def is_latent_sample(sample: dict[str, Any]) -> bool:
@@ -263,6 +274,7 @@ def decode_latent_sample(sample: dict[str, Any], num_frames: int | None = None, 
     blob = bytes(sample[POSTERIOR_KEY])
     posterior = load_tensors(blob)
     mean, logvar = posterior["mean"], posterior["logvar"]
+    _check_finite(f"latent sample {name!r} holds", mean=mean, logvar=logvar)
     if num_frames is not None:
         if mean.shape[1] < num_frames:
             raise DataError(f"latent sample {name!r} has {mean.shape[1]} frames, fewer than {num_frames}")
@@ -287,6 +299,7 @@ def decode_latent_sample(sample: dict[str, Any], num_frames: int | None = None, 
     if TEXT_KEY in sample:
         text = bytes(sample[TEXT_KEY])
         out["text_embedding"] = load_tensors(text)["embedding"]
+        _check_finite(f"latent sample {name!r} holds", text=out["text_embedding"])
         out["text_encoder"] = _header_metadata(text).get("text_encoder", "")
     return out
 
