@@ -14,7 +14,7 @@ from PIL import Image
 from dv.data.images import load_image
 from dv.data.video import encode_mp4
 from dv.diffusion.pipeline import VideoSampler
-from dv.diffusion.sampling import SamplerConfig
+from dv.diffusion.sampling import SamplerConfig, recipe_sampling
 from dv.errors import ConfigError, WeightsError
 from dv.models.conditions import video_from_model
 from dv.recipe import build_model, load_recipe, restore_trained_weights
@@ -104,7 +104,9 @@ def run(args: argparse.Namespace, module=None, callback: Callable[[int, int], No
     `module` is the model already loaded from args.recipe/args.ckpt (`dv app` loads it once), else it is loaded here;
     `callback(step, steps)` is called after every denoising step of every stage (not with --zero-shot).
     """
-    config = SamplerConfig(steps=args.steps, eta=args.eta, s_text=args.guidance_text, s_image=args.guidance_image)
+    # The recipe's `sampling:` section (e.g. compile: true) sets how the denoiser runs; the flags set the rest.
+    config = SamplerConfig(steps=args.steps, eta=args.eta, s_text=args.guidance_text, s_image=args.guidance_image,
+                           **recipe_sampling(load_recipe(args.recipe)))
     config.validate()
     prompts = check_prompts(args.prompt)
     frames, size = recipe_video_shape(args.recipe)

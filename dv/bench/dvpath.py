@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 from dv.bench.device import synchronize
 from dv.bench.workload import Workload
 from dv.diffusion.pipeline import VideoSampler
-from dv.diffusion.sampling import SamplerConfig
+from dv.diffusion.sampling import SamplerConfig, recipe_sampling
+from dv.recipe import load_recipe
 
 
 class SameBatch(Dataset):
@@ -107,7 +108,7 @@ def sampler_call(work: Workload, steps: int, s_text: float, s_image: float) -> C
     images = None
     if module.branch is not None:
         images = work.batch["video"][:, 0].to(work.device).permute(0, 3, 1, 2).float() / 127.5 - 1
-    config = SamplerConfig(steps=steps, s_text=s_text, s_image=s_image)
+    config = SamplerConfig(steps=steps, s_text=s_text, s_image=s_image, **recipe_sampling(load_recipe(work.recipe)))
     seeds = list(range(work.batch_size))
 
     def run() -> torch.Tensor:
