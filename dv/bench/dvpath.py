@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset
 
 from dv.bench.device import synchronize
-from dv.bench.workload import Workload
+from dv.bench.workload import Workload, first_clips
 from dv.diffusion.pipeline import VideoSampler
 from dv.diffusion.sampling import SamplerConfig, recipe_sampling
 from dv.recipe import load_recipe
@@ -80,7 +80,7 @@ def fit_times(work: Workload, warmup: int, repeats: int) -> list[float]:
             default_root_dir=root,
             callbacks=[timer],
         )
-        loader = DataLoader(SameBatch(work.batch, warmup + repeats), batch_size=None)
+        loader = DataLoader(SameBatch(work.train_batch, warmup + repeats), batch_size=None)
         try:
             trainer.fit(work.module, train_dataloaders=loader)
         finally:
@@ -123,7 +123,7 @@ def loss_and_backward(work: Workload, clips: int | None = None) -> Callable[[], 
     optimizer: what FLOPs are counted on."""
     module = work.module
     clips = clips or work.batch_size
-    batch = {"video": work.batch["video"][:clips].to(work.device), "caption": work.batch["caption"][:clips]}
+    batch = first_clips(work.train_batch, clips)
 
     def run() -> None:
         with work.autocast():
