@@ -170,7 +170,7 @@ def run_loader(args) -> dict:
     b = r["shape"][0]
     print(f"dv bench · loader · {args.recipe} (VideoDataModule, {r['workers']} workers)")
     print(f"device            CPU: {cpu_name()}")
-    print(f"setting           batch {b} of {'×'.join(map(str, r['shape'][1:]))}, {args.loader_batches} batches per epoch")
+    print(f"setting           batch {b} of {r.get('kind', 'uint8')} {'×'.join(map(str, r['shape'][1:]))}, {args.loader_batches} batches per epoch")
     print(f"{'dv clips/s':<18}{r['clips_per_s']:.2f} (median of {len(r['rates'])} epochs after a warm-up epoch of {r['warmup_s']:.1f} s)")
     print(f"{'dv s/step':<18}{b / r['clips_per_s']:.4f} (per batch)")
     print(f"{'skipped samples':<18}{r['skipped']}")

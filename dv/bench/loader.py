@@ -41,6 +41,7 @@ def time_epochs(dm: LightningDataModule, repeats: int) -> dict:
         "rates": rates,
         "warmup_s": warmup,
         "shape": shape,
+        "kind": "uint8" if key == "video" else "bf16 latent",
         "skipped": dm.skipped_samples,
     }
 
