@@ -35,6 +35,10 @@ class DVLightningCLI(LightningCLI):
         self.resume_if_exists = resume_if_exists
         super().__init__(*args, **kwargs)
 
+    def add_arguments_to_parser(self, parser) -> None:
+        """A recipe's top-level `sampling:` section (dv.diffusion.sampling.recipe_sampling) is for the sampler, not fit."""
+        parser.add_argument("--sampling", type=dict, default={}, help="sampler settings (compile, compile_mode)")
+
     def _parse_ckpt_path(self) -> None:
         """Check the checkpoint named on the command line; never merge its saved hyper-parameters into the config."""
         subcommand = self.config.get("subcommand")

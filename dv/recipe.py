@@ -15,6 +15,7 @@ import torch
 import yaml
 from jsonargparse import ArgumentParser, Namespace
 
+from dv.diffusion.sampling import recipe_sampling
 from dv.errors import ConfigError, WeightsError
 
 SECTIONS = ("model", "data", "trainer")
@@ -75,6 +76,7 @@ class Recipe:
         self.where = where
         self.config: dict[str, Namespace] = {}
         self._trainer = sections.get("trainer") or {}
+        self._sampling = {"sampling": sections.get("sampling")}
         for key in ("model", "data"):
             if sections.get(key) is not None:
                 self.config[key] = self._parse(key, sections[key])
@@ -123,6 +125,10 @@ class Recipe:
     def data_args(self) -> Namespace | None:
         """The data module's init arguments, defaults included; None when the recipe has no data section."""
         return self.config["data"].data.init_args if "data" in self.config else None
+
+    def sampling_settings(self) -> dict:
+        """The SamplerConfig settings of the recipe's top-level `sampling:` section (e.g. compile), checked."""
+        return recipe_sampling(self._sampling)
 
     def trainer_args(self) -> Namespace:
         """The Trainer's arguments, defaults included (Lightning's own when the recipe has no trainer section)."""

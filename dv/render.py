@@ -86,11 +86,13 @@ def render(args: argparse.Namespace, module=None, callback: Callable[[int, int],
     both once), else they are loaded here; `callback(step, steps)` is called after every denoising step of every
     stage (not with --zero-shot).
     """
-    config = SamplerConfig(steps=args.steps, eta=args.eta, s_text=args.guidance_text, s_image=args.guidance_image)
-    config.validate()
     prompts = check_prompts(args.prompt)
     if recipe is None and (module is None or not (args.frames and args.size)):
         recipe = trained_recipe(args.recipe, args.ckpt)  # parsed once: the shape and the model come from it
+    # The recipe's `sampling:` section (e.g. compile: true) sets how the denoiser runs; the flags set the rest.
+    config = SamplerConfig(steps=args.steps, eta=args.eta, s_text=args.guidance_text, s_image=args.guidance_image,
+                           **(recipe.sampling_settings() if recipe is not None else {}))
+    config.validate()
     frames, size = (args.frames, args.size) if args.frames and args.size else recipe.video_shape()
     frames, size = args.frames or frames, args.size or size
     if frames < 2 or size < 8:

@@ -34,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cuda, cuda:N or cpu (default: cuda when torch sees one)")
     parser.add_argument("--no-plain", action="store_true", help="skip the plain loop (and the ratio)")
+    parser.add_argument("--latents", action="store_true",
+                        help="train from a latent batch (as from `dv cache-latents --text` shards): no VAE or text encoder in the step")
+    parser.add_argument("--channels-last", action="store_true", help="convolution weights in channels-last layout (both loops)")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="torch.backends.cudnn.benchmark = True, as a recipe's trainer.benchmark: true (both loops)")
     parser.add_argument("--explain", action="store_true",
                         help="instead of timing: torch._dynamo.explain of the denoiser (graphs, graph breaks, reasons)")
     parser.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
@@ -165,7 +170,7 @@ def run_loader(args) -> dict:
     b = r["shape"][0]
     print(f"dv bench · loader · {args.recipe} (VideoDataModule, {r['workers']} workers)")
     print(f"device            CPU: {cpu_name()}")
-    print(f"setting           batch {b} of uint8 {'×'.join(map(str, r['shape'][1:]))}, {args.loader_batches} batches per epoch")
+    print(f"setting           batch {b} of {r.get('kind', 'uint8')} {'×'.join(map(str, r['shape'][1:]))}, {args.loader_batches} batches per epoch")
     print(f"{'dv clips/s':<18}{r['clips_per_s']:.2f} (median of {len(r['rates'])} epochs after a warm-up epoch of {r['warmup_s']:.1f} s)")
     print(f"{'dv s/step':<18}{b / r['clips_per_s']:.4f} (per batch)")
     print(f"{'skipped samples':<18}{r['skipped']}")
@@ -203,7 +208,10 @@ def run(args: argparse.Namespace) -> dict:
     else:
         from dv.bench.workload import build_workload
 
-        work = build_workload(args.recipe, args.batch_size, args.device)
+        if getattr(args, "cudnn_benchmark", False):
+            torch.backends.cudnn.benchmark = True
+        work = build_workload(args.recipe, args.batch_size, args.device, latents=getattr(args, "latents", False),
+                              channels_last=getattr(args, "channels_last", False))
         result = bench_train(work, args) if args.what == "train" else bench_sample(work, args)
         figures = report(work, args, result)
     if args.json:

@@ -14,9 +14,10 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset
 
 from dv.bench.device import synchronize
-from dv.bench.workload import Workload
+from dv.bench.workload import Workload, first_clips
 from dv.diffusion.pipeline import VideoSampler
 from dv.diffusion.sampling import SamplerConfig
+from dv.recipe import Recipe
 
 
 class SameBatch(Dataset):
@@ -79,7 +80,7 @@ def fit_times(work: Workload, warmup: int, repeats: int) -> list[float]:
             default_root_dir=root,
             callbacks=[timer],
         )
-        loader = DataLoader(SameBatch(work.batch, warmup + repeats), batch_size=None)
+        loader = DataLoader(SameBatch(work.train_batch, warmup + repeats), batch_size=None)
         try:
             trainer.fit(work.module, train_dataloaders=loader)
         finally:
@@ -107,7 +108,7 @@ def sampler_call(work: Workload, steps: int, s_text: float, s_image: float) -> C
     images = None
     if module.branch is not None:
         images = work.batch["video"][:, 0].to(work.device).permute(0, 3, 1, 2).float() / 127.5 - 1
-    config = SamplerConfig(steps=steps, s_text=s_text, s_image=s_image)
+    config = SamplerConfig(steps=steps, s_text=s_text, s_image=s_image, **Recipe.load(work.recipe).sampling_settings())
     seeds = list(range(work.batch_size))
 
     def run() -> torch.Tensor:
@@ -122,7 +123,7 @@ def loss_and_backward(work: Workload, clips: int | None = None) -> Callable[[], 
     optimizer: what FLOPs are counted on."""
     module = work.module
     clips = clips or work.batch_size
-    batch = {"video": work.batch["video"][:clips].to(work.device), "caption": work.batch["caption"][:clips]}
+    batch = first_clips(work.train_batch, clips)
 
     def run() -> None:
         with work.autocast():

@@ -22,7 +22,9 @@ def time_epochs(dm: LightningDataModule, repeats: int) -> dict:
     loader = dm.train_dataloader()
     start = time.perf_counter()
     epoch = iter(loader)
-    shape = tuple(next(epoch)["video"].shape)
+    first = next(epoch)
+    key = "video" if "video" in first else "latent_mean"  # video shards, or latent shards (dv cache-latents)
+    shape = tuple(first[key].shape)
     for _ in epoch:
         pass
     warmup = time.perf_counter() - start
@@ -30,7 +32,7 @@ def time_epochs(dm: LightningDataModule, repeats: int) -> dict:
     for _ in range(repeats):
         start, n = time.perf_counter(), 0
         for batch in loader:
-            n += batch["video"].shape[0]
+            n += batch[key].shape[0]
         rates.append(n / (time.perf_counter() - start))
     del loader
     return {
@@ -39,6 +41,7 @@ def time_epochs(dm: LightningDataModule, repeats: int) -> dict:
         "rates": rates,
         "warmup_s": warmup,
         "shape": shape,
+        "kind": "uint8" if key == "video" else "bf16 latent",
         "skipped": dm.skipped_samples,
     }
 

@@ -43,7 +43,8 @@ def decode(work: Workload, latents: torch.Tensor) -> torch.Tensor:
 
 
 def train_step(work: Workload) -> Callable[[], None]:
-    """One plain training step over the workload's batch: encode, noise, U-Net (+ branch), MSE, backward, AdamW."""
+    """One plain training step over the workload's batch: encode (or draw from the cached posterior), noise,
+    U-Net (+ branch), MSE, backward, AdamW."""
     module, device = work.module, work.device
     unet, branch, text_encoder = module.backbone.unet, module.branch, module.backbone.text
     params = [p for p in module.parameters() if p.requires_grad]
@@ -51,21 +52,34 @@ def train_step(work: Workload) -> Callable[[], None]:
                                   fused=device.type == "cuda")
     scheduler = DDPMScheduler.from_config(module.noise_scheduler.config)
 
+    batch = work.train_batch
+    scale = module.backbone.autoencoder.scaling_factor
+
     def step() -> None:
-        video = work.batch["video"].to(device, non_blocking=True)
-        video = rearrange(video, "b t h w c -> b c t h w").float() / 127.5 - 1
-        b = video.shape[0]
+        if "latent_mean" in batch:  # latent shards: a posterior draw instead of the VAE encoder, cached text
+            mean = batch["latent_mean"].to(device, non_blocking=True).float()
+            logvar = batch["latent_logvar"].to(device, non_blocking=True).float()
+            first = rearrange(batch["reference"].to(device, non_blocking=True), "b h w c -> b c h w").float() / 127.5 - 1
+            b = mean.shape[0]
+        else:
+            video = batch["video"].to(device, non_blocking=True)
+            video = rearrange(video, "b t h w c -> b c t h w").float() / 127.5 - 1
+            first, b = video[:, :, 0], video.shape[0]
         with work.autocast():
             with torch.no_grad():
-                latents = encode(work, rearrange(video, "b c t h w -> (b t) c h w"))
-                latents = rearrange(latents, "(b t) c h w -> b c t h w", b=b)
-                text = text_encoder(work.batch["caption"])
+                if "latent_mean" in batch:
+                    latents = (mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)) * scale
+                    text = batch["text_embedding"].to(device, non_blocking=True).float()
+                else:
+                    latents = encode(work, rearrange(video, "b c t h w -> (b t) c h w"))
+                    latents = rearrange(latents, "(b t) c h w -> b c t h w", b=b)
+                    text = text_encoder(batch["caption"])
             noise = torch.randn_like(latents)
             t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), device=device)
             noisy = scheduler.add_noise(latents, noise, t)
             down = mid = None
             if branch is not None:
-                down, mid = branch(noisy, t, text, branch.conv_s(video[:, :, 0]))
+                down, mid = branch(noisy, t, text, branch.conv_s(first))
             pred = unet(noisy, t, encoder_hidden_states=text, down_block_additional_residuals=down,
                         mid_block_additional_residual=mid).sample
             loss = F.mse_loss(pred.float(), noise.float())

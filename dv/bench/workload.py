@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import lightning as L
 import torch
 
+from dv.diffusion.sampling import SamplerConfig
 from dv.errors import ConfigError
 from dv.recipe import Recipe
 
@@ -26,6 +27,13 @@ class Workload:
     """Lightning precision of both loops: the recipe's trainer.precision on a GPU, '32-true' on the CPU."""
     gradient_clip_val: float | None
     """The recipe's trainer.gradient_clip_val: part of dv's training step."""
+    latent_batch: dict | None = None
+    """The same clips as a latent-shard batch (`dv cache-latents --text`): training steps then run no frozen encoder."""
+
+    @property
+    def train_batch(self) -> dict:
+        """What a training step reads: the latent batch when there is one, else the uint8 clips."""
+        return self.latent_batch if self.latent_batch is not None else self.batch
 
     @property
     def batch_size(self) -> int:
@@ -44,13 +52,22 @@ class Workload:
         return contextlib.nullcontext()
 
     def describe(self) -> str:
-        """'batch 2 × 8 frames × 32×32, precision 32-true, checkpointing none, compile off'."""
+        """'batch 2 × 8 frames × 32×32, precision 32-true, checkpointing none, compile off' and what else is on."""
         _, t, h, w, _ = self.batch["video"].shape
         cfg = self.module.backbone_config
         compiled = f"on ({cfg.compile_mode or 'default'})" if cfg.compile else "off"
+        sampling = {"compile_mode": SamplerConfig.compile_mode, **Recipe.load(self.recipe).sampling_settings()}
+        channels_last = any(
+            p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+            for p in self.module.parameters()
+        )
         return (
             f"batch {self.batch_size} × {t} frames × {h}×{w}, precision {self.precision}, "
             f"checkpointing {cfg.checkpointing}, compile {compiled}"
+            + (", latent batches" if self.latent_batch is not None else "")
+            + (f", sampling compile on ({sampling['compile_mode']})" if sampling.get("compile") else "")
+            + (", channels-last" if channels_last else "")
+            + (", cudnn.benchmark" if torch.backends.cudnn.benchmark else "")
         )
 
 
@@ -61,10 +78,57 @@ def synthetic_batch(batch_size: int, frames: int, size: int, seed: int = 0) -> d
     return {"video": video, "caption": [CAPTION] * batch_size}
 
 
-def build_workload(recipe_path: str, batch_size: int | None, device: str, compile: bool | None = None) -> Workload:
+def synthetic_latent_batch(module: L.LightningModule, batch: dict, seed: int = 0) -> dict:
+    """`batch`'s clips as the data module's latent batch (dv/data/latents.py): a random bf16 posterior of the
+    autoencoder's latent shape, the first frames as references, and cached text embeddings."""
+    from dv.models.identity import text_encoder_identity
+
+    ae, backbone = module.backbone.autoencoder, module.backbone
+    b, t, h, w, _ = batch["video"].shape
+    g = torch.Generator().manual_seed(seed)
+    shape = (b, ae.latent_channels, t, h // ae.downscale, w // ae.downscale)
+    text = backbone.encode_text(list(batch["caption"])).cpu().to(torch.bfloat16)
+    return {
+        "latent_mean": torch.randn(shape, generator=g).to(torch.bfloat16),
+        "latent_logvar": torch.full(shape, -6.0, dtype=torch.bfloat16),
+        "reference": batch["video"][:, 0].clone(),
+        "caption": list(batch["caption"]),
+        "meta": [{} for _ in range(b)],
+        "vae": [ae.identity()] * b,
+        "text_embedding": text,
+        "text_encoder": [text_encoder_identity(backbone.text)] * b,
+    }
+
+
+def first_clips(batch: dict, n: int) -> dict:
+    """The first `n` clips of a video or latent batch."""
+    return {k: v[:n] for k, v in batch.items()}
+
+
+def to_channels_last(module: torch.nn.Module) -> int:
+    """Convolution weights in channels-last layout (2-D convs NHWC, 3-D convs NDHWC); returns how many convs."""
+    n = 0
+    for m in module.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)):
+            fmt = torch.channels_last if isinstance(m, torch.nn.Conv2d) else torch.channels_last_3d
+            m.weight.data = m.weight.data.contiguous(memory_format=fmt)
+            n += 1
+    return n
+
+
+def build_workload(
+    recipe_path: str,
+    batch_size: int | None,
+    device: str,
+    compile: bool | None = None,
+    latents: bool = False,
+    channels_last: bool = False,
+) -> Workload:
     """The recipe's model with random weights (speed does not depend on them) on `device`, and a batch.
 
-    `compile` overrides the recipe's backbone.compile (torch._dynamo.explain needs the eager modules).
+    `compile` overrides the recipe's backbone.compile (torch._dynamo.explain needs the eager modules);
+    `latents` trains from a latent batch (as from `dv cache-latents --text` shards); `channels_last` lays the
+    convolution weights out channels-last.
     """
     recipe = Recipe.load(recipe_path)  # parsed once: the shapes, the model and the trainer settings come from it
     frames, size = recipe.video_shape()
@@ -83,14 +147,18 @@ def build_workload(recipe_path: str, batch_size: int | None, device: str, compil
     if compile is not None:
         cfg.compile = compile
     module.configure_model()
+    if channels_last:
+        to_channels_last(module)
     module.to(dev)
     trainer = recipe.trainer_args()
     precision = str(trainer.precision or "bf16-mixed") if dev.type == "cuda" else "32-true"
+    batch = synthetic_batch(batch_size, frames, size)
     return Workload(
         recipe=recipe_path,
         module=module,
-        batch=synthetic_batch(batch_size, frames, size),
+        batch=batch,
         device=dev,
         precision=precision,
         gradient_clip_val=trainer.gradient_clip_val,
+        latent_batch=synthetic_latent_batch(module, batch) if latents else None,
     )

@@ -70,10 +70,27 @@ class Conditions:
     """Whether a caption was given (text-to-video and text+image-to-video)."""
 
 
-def guided_prediction(
-    denoise: DenoiseFn, sample: torch.Tensor, t: torch.Tensor, cond: Conditions, s_text: float, s_image: float
-) -> torch.Tensor:
-    """ε̂ of Eq. 5/Eq. 4 from one batched denoiser call over [∅∅, (c_t,∅)?, (∅,c_i)?]."""
+@dataclass
+class GuidanceBatch:
+    """The conditions of Eq. 5 as one denoiser batch [∅∅, (c_t,∅)?, (∅,c_i)?], built once per sampling run.
+
+    The text and image parts are the same at every step, so the sampler concatenates them once rather than
+    per step (a CUDA graph of the denoiser then sees the same inputs every step)."""
+
+    texts: torch.Tensor
+    """Text embeddings of the whole batch (n·B, L, D)."""
+    images: Any
+    """Image features of the whole batch, or None without a branch."""
+    parts: int
+    """n: how many predictions one call makes (1 to 3)."""
+    use_text: bool
+    use_image: bool
+    s_text: float
+    s_image: float
+
+
+def guidance_batch(cond: Conditions, s_text: float, s_image: float) -> GuidanceBatch:
+    """The batched conditions of Eq. 5/Eq. 4; a condition whose scale is 0, or which is absent, is left out."""
     use_text = cond.has_text and s_text != 0
     use_image = cond.image is not None and s_image != 0
     texts = [cond.null_text] + ([cond.text] if use_text else []) + ([cond.null_text] if use_image else [])
@@ -81,10 +98,23 @@ def guided_prediction(
     if cond.null_image is not None:
         images = [cond.null_image] + ([cond.null_image] if use_text else []) + ([cond.image] if use_image else [])
         images = cat_features(images)
-    n = len(texts)
-    eps = denoise(torch.cat([sample] * n), torch.cat([t] * n), torch.cat(texts), images)
+    return GuidanceBatch(torch.cat(texts), images, len(texts), use_text, use_image, s_text, s_image)
+
+
+def batched_prediction(denoise: DenoiseFn, sample: torch.Tensor, t: torch.Tensor, batch: GuidanceBatch) -> torch.Tensor:
+    """ε̂ of Eq. 5/Eq. 4 from one denoiser call; ``t`` (n·B,) is already repeated for every part of the batch."""
+    n = batch.parts
+    eps = denoise(torch.cat([sample] * n), t, batch.texts, batch.images)
     parts = list(eps.chunk(n))
     eps_uncond = parts.pop(0)
-    eps_text = parts.pop(0) if use_text else None
-    eps_image = parts.pop(0) if use_image else None
-    return double_guidance(eps_uncond, eps_text, eps_image, s_text, s_image)
+    eps_text = parts.pop(0) if batch.use_text else None
+    eps_image = parts.pop(0) if batch.use_image else None
+    return double_guidance(eps_uncond, eps_text, eps_image, batch.s_text, batch.s_image)
+
+
+def guided_prediction(
+    denoise: DenoiseFn, sample: torch.Tensor, t: torch.Tensor, cond: Conditions, s_text: float, s_image: float
+) -> torch.Tensor:
+    """ε̂ of Eq. 5/Eq. 4 from one batched denoiser call over [∅∅, (c_t,∅)?, (∅,c_i)?]."""
+    batch = guidance_batch(cond, s_text, s_image)
+    return batched_prediction(denoise, sample, torch.cat([t] * batch.parts), batch)

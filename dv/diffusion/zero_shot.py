@@ -11,7 +11,7 @@ branch. Equation and section numbers below are the TI2V-Zero paper's. For each n
   ``scheduler.add_noise``; independent noise per frame, so the repeated image does not give identical
   frames) and ẑ_t the new frame (Eq. 7b). ε̂ is text classifier-free guidance (Eq. 5; dv's
   ``guided_prediction`` with ``s_text``, no image condition), and only the new frame takes the DDIM step
-  (Eq. 7c, ``DDIMScheduler.step``): the known frames are replaced again at the next call anyway.
+  (Eq. 7c, DDIMScheduler.step's arithmetic, ``ddim_step``): the known frames are replaced again at the next call anyway.
 * **DDPM inversion** (§3.3). The new frame starts from q(z_{t_1} | last frame of s_0), i.e. the newest
   known frame forward-noised (Eq. 3) to the first DDIM timestep t_1, instead of pure Gaussian noise.
 * **Resampling** (§3.3, after RePaint [33]). With U = ``resample_steps``, each DDIM step t_i → t_{i−1}
@@ -37,7 +37,7 @@ from einops import rearrange, repeat
 from tqdm.auto import tqdm
 
 from dv.diffusion.guidance import Conditions, DenoiseFn, guided_prediction
-from dv.diffusion.sampling import SamplerConfig, ddim_scheduler, initial_noise
+from dv.diffusion.sampling import SamplerConfig, ddim_scheduler, ddim_step, ddim_tables, initial_noise
 from dv.errors import ConfigError
 from dv.models.backbone import Backbone
 from dv.models.denoiser import Denoiser
@@ -102,8 +102,10 @@ def ti2v_zero_latents(
         problems.append(f"{len(generators)} generators for a batch of {b}")
     raise_problems(problems)
     device, dtype = first.device, first.dtype
-    scheduler.set_timesteps(config.steps, device=device)
-    timesteps = scheduler.timesteps
+    # The step's coefficients as device tensors indexed by step number (no host reads in the loop).
+    tables = ddim_tables(scheduler, config.steps, config.eta, device)
+    timesteps = tables.timesteps
+    t_batches = timesteps[:, None].expand(-1, b)  # row i: t_i for every video
     keep = renoise_keep(scheduler).to(device, dtype)
 
     def noise(like: torch.Tensor) -> torch.Tensor:
@@ -116,14 +118,13 @@ def ti2v_zero_latents(
     for _ in range(num_frames - 1):
         last = queue[:, :, -1:]
         new = scheduler.add_noise(last, noise(last), timesteps[:1].expand(b))  # DDPM inversion
-        for i, t in enumerate(timesteps):
-            t_batch = t.expand(b)
+        for i, t_batch in enumerate(t_batches):
             for u in range(resample_steps + 1):
                 known = scheduler.add_noise(queue, noise(queue), t_batch)  # Eq. 7a
                 z = torch.cat([known, new], dim=2)  # Eq. 7b: the new frame last, as the (K)th frame
                 eps = guided_prediction(denoise, z, t_batch, cond, config.s_text, 0.0)[:, :, -1:]
                 variance = noise(new) if config.eta > 0 else None
-                new = scheduler.step(eps, t, new, eta=config.eta, variance_noise=variance).prev_sample  # Eq. 7c
+                new = ddim_step(tables, i, eps, new, variance)  # Eq. 7c
                 if u < resample_steps:
                     # Resampling: back from t_{i-1} to t_i, so the step is retaken with the known frames.
                     new = keep[i].sqrt() * new + (1 - keep[i]).sqrt() * noise(new)
