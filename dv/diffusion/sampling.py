@@ -71,17 +71,23 @@ def ddim_sample(
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
     callback: Callable[[int, int], None] | None = None,
+    start: int | None = None,
+    latents: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Latents (B, c, T, h, w) denoised from seeded noise with Eq. 5 guidance at every DDIM step."""
+    """Latents (B, c, T, h, w) denoised from seeded noise with Eq. 5 guidance at every DDIM step.
+
+    With `start` and `latents`, a trajectory already under way: these noisy latents are denoised from the first
+    DDIM timestep at or below `start` (the trajectory diagnostic)."""
     config.validate()
     if len(generators) != shape[0]:
         raise ConfigError(f"{len(generators)} generators for a batch of {shape[0]}")
     # Timesteps stay on the host as ints for the scheduler's arithmetic (a device tensor there means a device
     # sync per step: `prev_t >= 0`, indexing alphas_cumprod); the U-Net gets them from one copy made up front.
     scheduler.set_timesteps(config.steps)
-    timesteps = [int(t) for t in scheduler.timesteps]
-    t_batches = scheduler.timesteps.to(device)[:, None].expand(-1, shape[0])
-    latents = initial_noise(shape, generators, device, dtype) * scheduler.init_noise_sigma
+    timesteps = [int(t) for t in scheduler.timesteps if start is None or int(t) <= start]  # descending: a suffix
+    t_batches = scheduler.timesteps[len(scheduler.timesteps) - len(timesteps) :].to(device)[:, None].expand(-1, shape[0])
+    if latents is None:
+        latents = initial_noise(shape, generators, device, dtype) * scheduler.init_noise_sigma
     for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
         eps = guided_prediction(denoise, latents, t_batches[i], cond, config.s_text, config.s_image)
         noise = initial_noise(shape, generators, device, dtype) if config.eta > 0 else None
