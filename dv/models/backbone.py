@@ -106,6 +106,8 @@ class Backbone(nn.Module):
         never read back.
         """
         null = self.text.empty_prompt(len(captions))
+        if dropped is not None:
+            dropped = dropped.to(null.device, non_blocking=True)  # masks drawn on the host (no generator) included
         if embeddings is None and all(c == "" for c in captions):
             emb = null.clone()
         elif embeddings is not None:
