@@ -46,7 +46,10 @@ from torch.distributed.fsdp import (
     StateDictType,
 )
 
-from dv.errors import ConfigError, WeightsError
+from dv.errors import ConfigError
+from dv.models.trainable import EMA_KEY, WRAPPER_PREFIXES, check_saved, ema_entry, unwrapped_name
+
+__all__ = ["DVFSDPStrategy", "WRAPPER_PREFIXES", "total_grad_norm", "unit_classes", "unwrapped_name"]
 
 FSDP_UNITS = {
     "CrossAttnDownBlock3D": "diffusers.models.unets.unet_3d_blocks",
@@ -64,15 +67,6 @@ its frozen ones too; with the temporal layers apart, the U-Net's block units are
 FROZEN_ENCODERS = ("backbone.autoencoder", "backbone.text")
 """Submodules of a dv module that FSDP leaves alone: they run under no_grad and never train."""
 
-WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
-"""What FSDP units, activation-checkpoint wrappers and torch.compile insert into parameter names."""
-
-
-def unwrapped_name(name: str) -> str:
-    """A parameter's name as the unwrapped module (and every state dict) calls it."""
-    for prefix in WRAPPER_PREFIXES:
-        name = name.replace(prefix, "")
-    return name
 
 
 def unit_classes(names: tuple[str, ...] | list[str] = tuple(FSDP_UNITS)) -> set[type[torch.nn.Module]]:
@@ -183,12 +177,12 @@ class DVFSDPStrategy(FSDPStrategy):
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
         """Write the checkpoint T2VModule made (trainable weights only) as one file or a folder of shards."""
         ema = getattr(self.lightning_module, "ema", None)
-        if ema is not None and "ema" in checkpoint:
+        if ema is not None and EMA_KEY in checkpoint:
             # The module wrote this rank's EMA shards; the checkpoint needs them gathered (full) or as
             # sharded tensors (sharded), exactly as the weights are: take them as weights.
             with ema.swapped():
                 values = self.lightning_module_state_dict()
-            checkpoint["ema"]["shadow"] = {n: values[n] for n in ema.names if n in values}
+            checkpoint[EMA_KEY]["shadow"] = {n: values[n] for n in ema.names if n in values}
         if self._state_dict_type == "full":
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         path = Path(self.broadcast(filepath))
@@ -200,8 +194,8 @@ class DVFSDPStrategy(FSDPStrategy):
         # Lightning's layout ("model", "optimizer_0", meta.pt), plus the EMA whole (decay, updates, shadow)
         # among the shards, so that lightning.pytorch.utilities.consolidate_checkpoint yields a dv checkpoint.
         state = {"model": checkpoint.pop("state_dict")}
-        if "ema" in checkpoint:
-            state["ema"] = checkpoint.pop("ema")
+        if EMA_KEY in checkpoint:
+            state[EMA_KEY] = checkpoint.pop(EMA_KEY)
         state.update({f"optimizer_{i}": s for i, s in enumerate(checkpoint.pop("optimizer_states", []))})
         save(state, checkpoint_id=path)
         if self.global_rank == 0:
@@ -237,27 +231,22 @@ class DVFSDPStrategy(FSDPStrategy):
             saved = FileSystemReader(path).read_metadata().state_dict_metadata
             weights = {k.removeprefix("model.") for k in saved if k.startswith("model.")}
             self._check_trainable(weights, path)
-            ema = self._load_sharded_ema(path) if self._ema and any(k.startswith("ema.") for k in saved) else None
+            ema = self._load_sharded_ema(path) if self._ema and any(k.startswith(f"{EMA_KEY}.") for k in saved) else None
             checkpoint = self._load_sharded(path, weights, weights_only)
         else:
             # weights_only=True whatever the caller asks: dv checkpoints hold plain data only, never pickled objects.
             checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
             self._check_trainable(set(checkpoint["state_dict"]), path)
-            ema = self._load_full_ema(checkpoint["ema"]) if self._ema and "ema" in checkpoint else None
+            ema = self._load_full_ema(checkpoint[EMA_KEY]) if self._ema and EMA_KEY in checkpoint else None
             self._load_full(checkpoint)
         if ema is not None:
-            checkpoint["ema"] = ema
+            checkpoint[EMA_KEY] = ema
         return checkpoint
 
     def _check_trainable(self, saved: set[str], path: Path) -> None:
         """A checkpoint must hold every trainable weight of the recipe."""
         trainable = {unwrapped_name(n) for n, p in self.model.named_parameters() if p.requires_grad}
-        missing = sorted(trainable - saved)
-        if missing:
-            raise WeightsError(
-                f"checkpoint {str(path)!r} lacks {len(missing)} trainable weights of this recipe (e.g. {missing[:3]}); "
-                "was it written by a different recipe?"
-            )
+        check_saved(trainable, saved, str(path), whole=False)
 
     @property
     def _ema(self):
@@ -271,7 +260,7 @@ class DVFSDPStrategy(FSDPStrategy):
             for shadow, p in zip(ema.shadow, ema.params):
                 shadow.copy_(p)
         # T2VModule.on_load_checkpoint then reads this rank's shadows back, and the update count.
-        return {**entry, "shadow": dict(zip(ema.names, ema.shadow))}
+        return ema_entry(entry["decay"], entry["updates"], ema.names, ema.shadow)
 
     def _load_full_ema(self, entry: dict[str, Any]) -> dict[str, Any]:
         """Load a one-file checkpoint's EMA into the shadows (through the weights, which FSDP knows how to shard)."""
@@ -285,10 +274,10 @@ class DVFSDPStrategy(FSDPStrategy):
         names = set(self._ema.names)
         with _get_sharded_state_dict_context(self.model):
             shadow = {k: v for k, v in self.model.state_dict().items() if k in names}
-            state = {"ema": {"decay": 0.0, "updates": 0, "shadow": shadow}}
+            state = {EMA_KEY: ema_entry(0.0, 0, list(shadow), list(shadow.values()))}
             load(state, checkpoint_id=path)
-            self.model.load_state_dict(state["ema"]["shadow"], strict=False)
-        return self._ema_from_weights(state["ema"])
+            self.model.load_state_dict(state[EMA_KEY]["shadow"], strict=False)
+        return self._ema_from_weights(state[EMA_KEY])
 
     def _fitting(self) -> bool:
         return self.lightning_module.trainer.state.fn == TrainerFn.FITTING and bool(self.optimizers)

@@ -20,6 +20,7 @@ from dv.checkpoint import load_trained, recipe_video_shape
 from dv.claims.inputs import held_out_clips, parse_model
 from dv.claims.motion import MOTIONS
 from dv.data.camera_pans import caption_for
+from dv.diffusion.loss import TrainInputs, denoising_loss
 from dv.models.conditions import video_to_model
 
 TIMESTEPS = (200, 500, 800, 950)
@@ -63,12 +64,10 @@ def caption_losses(module, clips: list[tuple[np.ndarray, str, str]], t: int, see
     latents = module.encode_video(clips_video(module, clips), generator=generator)
     noise = torch.randn(latents.shape, generator=generator, device=generator.device, dtype=latents.dtype)
     timesteps = torch.full((len(clips),), t, device=module.device)
-    noisy = module.noise_scheduler.add_noise(latents, noise, timesteps)
-    target = module.prediction_target(latents, noise, timesteps)
     losses = np.zeros((len(clips), len(MOTIONS)))
     for j, (text, image) in enumerate(conditions):
-        pred = module.denoiser(noisy, timesteps, text, image)
-        losses[:, j] = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3, 4)).cpu().numpy()
+        inputs = TrainInputs(latents, text, image)
+        losses[:, j] = denoising_loss(module.denoiser, module.noise_scheduler, inputs, timesteps, noise).cpu().numpy()
     return losses
 
 

@@ -177,29 +177,37 @@ def ddim_sample(
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
     callback: Callable[[int, int], None] | None = None,
+    start: int | None = None,
+    latents: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Latents (B, c, T, h, w) denoised from seeded noise with Eq. 5 guidance at every DDIM step.
 
     Everything a step needs is made before the loop: the scheduler's coefficients and the U-Net's timesteps
     as device tensors indexed by step number, and the batched conditions. A step then reads nothing from the
-    host and its denoiser call has the same shapes every time, as a CUDA graph needs (`config.compile`)."""
+    host and its denoiser call has the same shapes every time, as a CUDA graph needs (`config.compile`).
+
+    With `start` and `latents`, a trajectory already under way: these noisy latents are denoised from the first
+    DDIM timestep at or below `start` (the trajectory diagnostic)."""
     config.validate()
     if len(generators) != shape[0]:
         raise ConfigError(f"{len(generators)} generators for a batch of {shape[0]}")
     tables = ddim_tables(scheduler, config.steps, config.eta, device)
+    # The first step to run: all of them, or those at or below `start` (descending timesteps: a suffix).
+    first = 0 if start is None else int((scheduler.timesteps > start).sum())
     batch = guidance_batch(cond, config.s_text, config.s_image)
     # Row i: t_i for every sample of every part of the denoiser batch.
     t_batches = tables.timesteps[:, None].expand(-1, batch.parts * shape[0]).contiguous()
     net = compiled(denoise, config.compile_mode) if config.compile else denoise
-    latents = initial_noise(shape, generators, device, dtype) * scheduler.init_noise_sigma
-    for i in tqdm(range(config.steps), desc="denoising", disable=not progress, leave=False):
+    if latents is None:
+        latents = initial_noise(shape, generators, device, dtype) * scheduler.init_noise_sigma
+    for i in tqdm(range(first, config.steps), desc="denoising", disable=not progress, leave=False):
         if config.compile:
             torch.compiler.cudagraph_mark_step_begin()  # each step is a new replay: the last one's outputs are used up
         eps = batched_prediction(net, latents, t_batches[i], batch)
         noise = initial_noise(shape, generators, device, dtype) if config.eta > 0 else None
         latents = ddim_step(tables, i, eps, latents, noise)
         if callback is not None:
-            callback(i + 1, config.steps)
+            callback(i + 1 - first, config.steps - first)
     return latents
 
 

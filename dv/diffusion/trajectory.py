@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dv.diffusion.sampling import ddim_scheduler
+from dv.diffusion.guidance import Conditions
+from dv.diffusion.sampling import SamplerConfig, ddim_sample, ddim_scheduler
 from dv.errors import DVError
 
 STARTS = (100, 300, 500, 700, 900, None)
@@ -61,9 +62,10 @@ def sample_back(module, latents: torch.Tensor, conditions: tuple, start: int | N
         x = noise * scheduler.init_noise_sigma
     else:
         x = module.noise_scheduler.add_noise(latents, noise, torch.tensor([timesteps[0]], device=latents.device))
-    for t in timesteps:
-        pred = module.denoiser(x, torch.full((x.shape[0],), t, device=x.device), text, image)
-        x = scheduler.step(pred, t, x).prev_sample
+    # No guidance: with both scales 0 the sampler's prediction is its null slot's, which holds the clips' conditions.
+    unguided = Conditions(text=text, null_text=text, null_image=image, has_text=False)
+    x = ddim_sample(module.denoiser, scheduler, tuple(x.shape), unguided, SamplerConfig(steps=steps, s_text=0.0, s_image=0.0),
+                    [generator] * x.shape[0], device=x.device, dtype=x.dtype, progress=False, start=start, latents=x)
     return module.backbone.autoencoder.decode(x).clamp(-1, 1), timesteps[0]
 
 

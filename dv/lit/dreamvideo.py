@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from dv.errors import ConfigError
 from dv.lit.t2v import DiffusionConfig, OptimConfig, T2VModule
 from dv.models.backbone import BackboneConfig
-from dv.models.conditions import drop_conditions, reference_image
+from dv.models.conditions import drop_images, reference_image
 from dv.models.retention import RetentionBranch
 
 
@@ -63,8 +65,10 @@ class DreamVideoModule(T2VModule):
             image_channels=tuple(self.retention.image_channels),
         )
 
-    def conditions(self, captions, video, drop, generator):
-        """Text embeddings and z_s of the first frame, after independent text and image dropout when `drop`."""
-        p_text, p_image = (self.p_drop_text, self.p_drop_image) if drop else (0.0, 0.0)
-        captions, images, _, _ = drop_conditions(captions, reference_image(video), p_text, p_image, generator)
-        return self.backbone.encode_text(captions), self.branch.encode_image(images)
+    def dropout_rates(self) -> tuple[float, float]:
+        """Text and image dropout are independent (paper: 0.1 each)."""
+        return self.p_drop_text, self.p_drop_image
+
+    def image_condition(self, batch: dict, video: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+        """z_s of the clips' first frames, a dropped one white."""
+        return self.branch.encode_image(drop_images(reference_image(video), dropped))

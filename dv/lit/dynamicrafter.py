@@ -7,10 +7,11 @@ import torch
 from dv.errors import ConfigError
 from dv.lit.t2v import DiffusionConfig, OptimConfig, T2VModule
 from dv.models.backbone import BackboneConfig
-from dv.models.conditions import drop_conditions, reference_image
+from dv.models.conditions import drop_images, reference_image
 from dv.models.dual_attention import dual_attention_processors
-from dv.models.dynamicrafter import DynamiCrafterBranch, ProjectionConfig, adapt_unet, is_new_unet_parameter
+from dv.models.dynamicrafter import DynamiCrafterBranch, DynamiCrafterCondition, ProjectionConfig, adapt_unet, is_new_unet_parameter
 from dv.models.image_encoder import ImageEncoderConfig
+from dv.models.trainable import named_trainable
 
 STAGES = ("projection", "all")
 STAGE_LR = {"projection": 1e-4, "all": 5e-5}
@@ -104,12 +105,10 @@ class DynamiCrafterModule(T2VModule):
 
     def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         """The U-Net's new parameters (all of it at stage 'all') and P; the image encoder stays frozen."""
-        named = [
-            (f"backbone.unet.{n}", p)
-            for n, p in self.backbone.unet.named_parameters()
-            if self.stage == "all" or is_new_unet_parameter(n)
-        ]
-        return named + [(f"branch.projection.{n}", p) for n, p in self.branch.projection.named_parameters()]
+        # Plain names (as in state dicts) even when FSDP or other wrappers nest the blocks, as T2VModule's.
+        keep = (lambda n: True) if self.stage == "all" else is_new_unet_parameter
+        named = named_trainable("backbone.unet.", self.backbone.unet.named_parameters(), keep)
+        return named + named_trainable("branch.projection.", self.branch.projection.named_parameters())
 
     def train(self, mode: bool = True):
         """The frozen image encoder stays in eval mode, like the other frozen encoders."""
@@ -118,18 +117,14 @@ class DynamiCrafterModule(T2VModule):
             self.branch.image_encoder.eval()
         return self
 
-    def conditions(self, captions, video, drop, generator, stride: torch.Tensor | None = None):
-        """Text embeddings and the DynamiCrafterCondition of the first frame, after independent text and image
-        dropout when `drop` (a dropped image is white, as in DreamVideo)."""
-        p_text, p_image = (self.p_drop_text, self.p_drop_image) if drop else (0.0, 0.0)
-        captions, images, _, _ = drop_conditions(captions, reference_image(video), p_text, p_image, generator)
-        return self.backbone.encode_text(captions), self.branch.encode_image(images, stride)
+    def dropout_rates(self) -> tuple[float, float]:
+        """Text and image dropout are independent."""
+        return self.p_drop_text, self.p_drop_image
 
-    def batch_conditions(self, batch, video, drop, generator):
-        """The conditions at each clip's frame stride (`batch["stride"]`, else frame_stride)."""
-        stride = batch.get("stride")
-        stride = stride.to(self.device) if stride is not None else None
-        return self.conditions(list(batch["caption"]), video, drop, generator, stride=stride)
+    def image_condition(self, batch: dict, video: torch.Tensor, dropped: torch.Tensor) -> DynamiCrafterCondition:
+        """The DynamiCrafterCondition of the first frames (a dropped one white, as in DreamVideo) at each clip's
+        frame stride (`batch["stride"]`, else frame_stride)."""
+        return self.branch.encode_image(drop_images(reference_image(video), dropped), batch.get("stride"))
 
     def parameter_rows(self) -> list[tuple[str, int]]:
         """`dv info` rows of the parts this module adds."""

@@ -6,6 +6,8 @@ from contextlib import contextmanager
 
 import torch
 
+from dv.models.trainable import ema_entry
+
 
 class TrainableEMA:
     """EMA shadows of a fixed list of named parameters.
@@ -51,7 +53,7 @@ class TrainableEMA:
 
     def state_dict(self) -> dict:
         """Shadows by parameter name, and the update count."""
-        return {"decay": self.decay, "updates": self.updates, "shadow": dict(zip(self.names, self.shadow))}
+        return ema_entry(self.decay, self.updates, self.names, self.shadow)
 
     def load_state_dict(self, state: dict) -> None:
         """Restore shadows saved by state_dict (names must match)."""

@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 from dv import __version__
+from dv.models.trainable import export_part
 from dv.recipe import build_model, restore_trained_weights
 
 
@@ -29,7 +30,7 @@ def export_checkpoint(recipe: str, ckpt: str, out: str, use_ema: bool = True) ->
     # Raw weights into the parameters; the EMA shadows (restored alongside) are exported when asked for.
     checkpoint = restore_trained_weights(module, ckpt, use_ema=False)
     state = module.trained_state_dict(use_ema=use_ema)
-    parts = sorted({k.split(".", 1)[0] for k in state})
+    parts = sorted({export_part(k) for k in state})
     metadata = {
         "format": "dv",
         "dv_version": __version__,

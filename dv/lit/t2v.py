@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
 
 from dv import __version__
 from dv.data.latents import cached_video, check_identity
-from dv.errors import ConfigError, TrainingError, WeightsError
+from dv.diffusion.loss import TrainInputs, denoising_loss, prediction_target
+from dv.errors import ConfigError, TrainingError
 from dv.lit.ema import TrainableEMA
 from dv.lit.export import plain
+from dv.lit.optim import adamw, clip_gradients
 from dv.models.backbone import Backbone, BackboneConfig, is_temporal
-from dv.models.conditions import drop_conditions, video_to_model
+from dv.models.conditions import draw_dropout, video_to_model
 from dv.models.denoiser import Denoiser
-from dv.strategies import total_grad_norm, unwrapped_name
 from dv.models.identity import text_encoder_identity
+from dv.models.trainable import EMA_KEY, check_saved, export_name, named_trainable, saved_weights
+from dv.strategies import total_grad_norm
 
 
 @dataclass
@@ -62,6 +65,8 @@ class OptimConfig:
     eps: float = 1e-8
     """Added to the root of the second moment; the step of a weight whose gradient is below it shrinks."""
     warmup_steps: int = 500
+    fused: bool | None = None
+    """AdamW's fused kernel (one launch for all weights); None: fused where the weights are on a GPU."""
 
 
 class T2VModule(L.LightningModule):
@@ -151,13 +156,10 @@ class T2VModule(L.LightningModule):
     def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         """(name, parameter) of everything the optimizer trains, in a fixed order."""
         # Plain names (as in state dicts) even when FSDP or other wrappers nest the blocks.
-        named = [
-            (f"backbone.unet.{unwrapped_name(n)}", p)
-            for n, p in self.backbone.unet.named_parameters()
-            if self.trainable == "all" or is_temporal(n)
-        ]
+        keep = (lambda n: True) if self.trainable == "all" else is_temporal
+        named = named_trainable("backbone.unet.", self.backbone.unet.named_parameters(), keep)
         if self.branch is not None:
-            named += [(f"branch.{unwrapped_name(n)}", p) for n, p in self.branch.named_parameters()]
+            named += named_trainable("branch.", self.branch.named_parameters())
         return named
 
     @property
@@ -188,21 +190,27 @@ class T2VModule(L.LightningModule):
         check_identity(batch, "vae", self.backbone.autoencoder.identity(), "VAE")
         if "text_embedding" in batch:
             check_identity(batch, "text_encoder", text_encoder_identity(self.backbone.text), "text encoder")
-        mean, logvar = batch["latent_mean"].to(self.device), batch["latent_logvar"].to(self.device)
+        mean = batch["latent_mean"].to(self.device, non_blocking=True)
+        logvar = batch["latent_logvar"].to(self.device, non_blocking=True)
         latents = self.backbone.autoencoder.sample_latents(mean, logvar, generator=generator)
-        return latents, video_to_model(cached_video(batch).to(self.device))
+        return latents, video_to_model(cached_video(batch).to(self.device, non_blocking=True))
 
-    def conditions(
-        self, captions: list[str], video: torch.Tensor, drop: bool, generator: torch.Generator | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Text embeddings and image features, after condition dropout when `drop` (T2V: text only)."""
-        captions, _, _, _ = drop_conditions(captions, None, self.p_drop_text if drop else 0.0, 0.0, generator)
-        return self.backbone.encode_text(captions), None
+    def dropout_rates(self) -> tuple[float, float]:
+        """Probabilities of dropping a caption and a reference image in training (T2V: text only)."""
+        return self.p_drop_text, 0.0
+
+    def image_condition(self, batch: dict, video: torch.Tensor, dropped: torch.Tensor) -> Any:
+        """The branch's features of the clips' first frames, the `dropped` ones white; the T2V backbone has none."""
+        return None
 
     def batch_conditions(self, batch: dict, video: torch.Tensor, drop: bool, generator: torch.Generator | None):
-        """`conditions` of a batch's captions and video; modules conditioned on more of the batch (a clip's
-        frame stride) override this."""
-        return self.conditions(list(batch["caption"]), video, drop, generator)
+        """Text embeddings and image features of a batch's captions (or cached embeddings) and video, after
+        condition dropout when `drop`. The dropout masks stay on the device: nothing is read back."""
+        captions = list(batch["caption"])
+        p_text, p_image = self.dropout_rates() if drop else (0.0, 0.0)
+        text_dropped, image_dropped = draw_dropout(len(captions), p_text, p_image, generator)
+        text = self.backbone.encode_text(captions, batch.get("text_embedding"), text_dropped)
+        return text, self.image_condition(batch, video, image_dropped)
 
     def step_seed(self, *salt: int) -> int:
         """A seed that is a function of (seed, salt, rank) only."""
@@ -213,27 +221,27 @@ class T2VModule(L.LightningModule):
         """A generator on the module's device seeded by step_seed: the step's draws are reproducible."""
         return torch.Generator(device=self.device).manual_seed(self.step_seed(*salt))
 
-    def diffusion_loss(self, batch: dict, generator: torch.Generator, drop: bool):
-        """Per-sample MSE of the model's prediction at a random timestep, and those timesteps.
+    def train_inputs(self, batch: dict, generator: torch.Generator | None, drop: bool) -> TrainInputs:
+        """The batch as a typed value: latents (drawn from the VAE posterior) and conditions (after dropout).
 
-        A latent batch (dv cache-latents) gives the same loss as its videos would, with the same draws:
+        A latent batch (dv cache-latents) gives the same inputs as its videos would, with the same draws:
         the latent comes from the stored posterior, and the conditions see the cached first frame as the video.
         """
         if "video" in batch:
-            video = video_to_model(batch["video"].to(self.device))
+            video = video_to_model(batch["video"].to(self.device, non_blocking=True))
             latents = self.encode_video(video, generator=generator)
         else:
             latents, video = self.cached_latents(batch, generator)
-        with self.backbone.cached_text(list(batch["caption"]), batch.get("text_embedding")):
-            text, image_features = self.batch_conditions(batch, video, drop, generator)
-        b = latents.shape[0]
+        text, image = self.batch_conditions(batch, video, drop, generator)
+        return TrainInputs(latents, text, image)
+
+    def diffusion_loss(self, batch: dict, generator: torch.Generator, drop: bool):
+        """Per-sample MSE of the model's prediction at a random timestep, and those timesteps."""
+        inputs = self.train_inputs(batch, generator, drop)
+        b = inputs.latents.shape[0]
         t = torch.randint(0, self.diffusion.num_train_timesteps, (b,), generator=generator, device=generator.device)
-        noise = torch.randn(latents.shape, generator=generator, device=generator.device, dtype=latents.dtype)
-        noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        target = self.prediction_target(latents, noise, t)
-        pred = self.denoiser(noisy, t, text, image_features)
-        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3, 4))
-        return per_sample, t
+        noise = torch.randn(inputs.latents.shape, generator=generator, device=generator.device, dtype=inputs.latents.dtype)
+        return denoising_loss(self.denoiser, self.noise_scheduler, inputs, t, noise), t
 
     def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
         """Per-sample training-loss weights at timesteps t: Min-SNR-γ (ones without `diffusion.snr_gamma`).
@@ -254,9 +262,7 @@ class T2VModule(L.LightningModule):
 
     def prediction_target(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """What the U-Net is trained to predict for latents noised with `noise` at t: ε, or v."""
-        if self.diffusion.prediction_type == "epsilon":
-            return noise
-        return self.noise_scheduler.get_velocity(latents, noise, t)
+        return prediction_target(self.noise_scheduler, latents, noise, t)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # The U-Net's temporal convs use dropout (p=0.1, as ModelScope's), which draws from the global
@@ -264,27 +270,63 @@ class T2VModule(L.LightningModule):
         torch.manual_seed(self.step_seed(self.global_step, batch_idx, 1))
         per_sample, t = self.diffusion_loss(batch, self.step_generator(self.global_step, batch_idx), drop=True)
         loss = (per_sample * self.loss_weights(t)).mean()
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"the training loss is {loss.item()} at step {self.global_step}; lower optim.lr or check the data "
-                "(no checkpoint of this step was written)"
-            )
-        b = per_sample.shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        self._watch_finite(loss)
+        # Nothing here reads a value back to the host, except on the steps the logger writes (log_every_n_steps):
+        # a GPU step then queues the next one while this one runs.
+        logging = self._logging_step()
+        self._log_on_logging_steps("train/loss", loss, logging, prog_bar=True, batch_size=per_sample.shape[0])
         n = self.diffusion.loss_buckets
-        bucket = t * n // self.diffusion.num_train_timesteps
         width = self.diffusion.num_train_timesteps // n
-        results = self.trainer._results if self._trainer is not None else None
-        for k in range(n):
-            mask = bucket == k
-            name = f"train/loss_t{k * width:04d}-{(k + 1) * width - 1:04d}"
-            if mask.any():
-                self.log(name, per_sample[mask].mean(), batch_size=int(mask.sum()))
-            elif results is not None and f"training_step.{name}" in results:
-                # Lightning logs a key's last value at every later logging step until it is logged again, so an
-                # empty bucket repeated an older step's loss in TensorBoard; a reset entry is left out of this step.
-                results[f"training_step.{name}"].reset()
+        names = [f"train/loss_t{k * width:04d}-{(k + 1) * width - 1:04d}" for k in range(n)]
+        if logging:
+            self._check_finite()
+            # Per bucket, masked sums over the batch: one read of the counts instead of one per bucket.
+            in_bucket = (t[:, None] * n // self.diffusion.num_train_timesteps == torch.arange(n, device=t.device)).float()
+            sums, counts = per_sample.detach() @ in_bucket, in_bucket.sum(0)
+            for name, total, count in zip(names, sums, counts.tolist()):
+                # An empty bucket is reset rather than logged: Lightning would repeat an older step's loss.
+                self._log_on_logging_steps(name, total / max(count, 1), bool(count), batch_size=int(count) or 1)
         return loss
+
+    def _logging_step(self) -> bool:
+        """Whether the logger writes this step's metrics (every `trainer.log_every_n_steps`; always without a trainer)."""
+        return self._trainer is None or self.trainer._logger_connector.should_update_logs
+
+    def _log_on_logging_steps(self, name: str, value: torch.Tensor, logging: bool, **kwargs) -> None:
+        """Log `value` on logging steps; on the others leave `name` out of the step's metrics.
+
+        Lightning reads every progress-bar metric back to the host each step, and repeats a key's last value until it
+        is logged again; a reset entry is left out of both.
+        """
+        if logging:
+            self.log(name, value, **kwargs)
+            return
+        results = self.trainer._results if self._trainer is not None else None
+        if results is not None and f"training_step.{name}" in results:
+            results[f"training_step.{name}"].reset()
+
+    def _watch_finite(self, loss: torch.Tensor) -> None:
+        """Remember, on the device, the first step whose training loss was not finite (checked by `_check_finite`)."""
+        step = torch.full((), self.global_step, device=loss.device)
+        if getattr(self, "_first_nonfinite", None) is None or self._first_nonfinite.device != loss.device:
+            self._first_nonfinite = torch.full((), -1, device=loss.device)
+            self._nonfinite_loss = torch.zeros((), device=loss.device)
+        first = ~torch.isfinite(loss.detach()) & (self._first_nonfinite < 0)
+        self._first_nonfinite = torch.where(first, step, self._first_nonfinite)
+        self._nonfinite_loss = torch.where(first, loss.detach().float(), self._nonfinite_loss)
+
+    def _check_finite(self) -> None:
+        """TrainingError if a step's loss was not finite. Runs on logging steps, before a checkpoint is written, and
+        at the end of training: so no checkpoint holds weights stepped with a non-finite loss."""
+        first = getattr(self, "_first_nonfinite", None)
+        if first is not None and int(first) >= 0:
+            raise TrainingError(
+                f"the training loss is {self._nonfinite_loss.item()} at step {int(first)}; lower optim.lr or check the "
+                "data (no checkpoint of this or a later step was written)"
+            )
+
+    def on_train_end(self) -> None:
+        self._check_finite()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # Fixed noise and timesteps per batch, so the validation loss of two checkpoints is comparable.
@@ -299,23 +341,38 @@ class T2VModule(L.LightningModule):
     # ---- optimisation ---------------------------------------------------------------------------------------
     def configure_optimizers(self):
         params = [p for _, p in self.trainable_parameters()]
-        # The fused kernel, one launch for all weights, where they are on a GPU (as under DDP or FSDP) — but not
-        # with gradient clipping: Lightning's mixed-precision plugin refuses to clip for an optimizer that
-        # unscales inside its step, and the fused one does (seen on an H100 with bf16-mixed).
-        clipping = self._trainer is not None and bool(self._trainer.gradient_clip_val)
-        fused = all(p.is_cuda for p in params) and not clipping
-        opt = torch.optim.AdamW(params, lr=self.optim.lr, betas=tuple(self.optim.betas), eps=self.optim.eps,
-                                weight_decay=self.optim.weight_decay, fused=fused or None)
+        # The fused kernel, one launch for all weights, where they are on a GPU (as under DDP or FSDP). dv clips the
+        # gradients itself (configure_gradient_clipping), so Lightning's refusal to clip for it does not apply.
+        fused = self.optim.fused if self.optim.fused is not None else all(p.is_cuda for p in params)
+        opt = adamw(params, self.optim, fused)
         warmup = max(1, self.optim.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        # Called after the AMP scaler unscaled the gradients (16-mixed), before clipping. Under FSDP each
-        # rank holds gradient shards, so every rank takes part in combining their norms.
+        # Called after the AMP scaler unscaled the gradients (16-mixed; a fused optimizer unscales in its step, so
+        # its gradients are still scaled here), before clipping. Under FSDP each rank holds gradient shards, so
+        # every rank takes part in combining their norms. The norm is computed once, for the log and the clipping.
         grads = [p.grad for _, p in self.trainable_parameters() if p.grad is not None]
+        self._grad_norm = None
         if grads or getattr(self.trainer.strategy, "shards_gradients", False):
-            self.log("train/grad_norm", total_grad_norm(self.trainer.strategy, grads))
+            self._grad_norm = total_grad_norm(self.trainer.strategy, grads) / self._gradient_scale(optimizer)
+            self.log("train/grad_norm", self._grad_norm)
+
+    def _gradient_scale(self, optimizer) -> torch.Tensor | float:
+        """The loss scale still in the gradients: the GradScaler's when the optimizer unscales in its step, else 1."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is None or not getattr(optimizer, "_step_supports_amp_scaling", False):
+            return 1.0
+        return scaler._get_scale_async()
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip by the norm `on_before_optimizer_step` computed (or by value), for any optimizer, fused included."""
+        if not gradient_clip_val:
+            return
+        params = [p for _, p in self.trainable_parameters() if p.grad is not None]
+        clip_gradients(params, gradient_clip_val, gradient_clip_algorithm, getattr(self, "_grad_norm", None),
+                       self._gradient_scale(optimizer))
 
     def optimizer_step(self, *args, **kwargs) -> None:
         # The EMA moves right after the weights, before callbacks (ModelCheckpoint) see the step.
@@ -340,30 +397,23 @@ class T2VModule(L.LightningModule):
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        keep = {n for n, _ in self.trainable_parameters()}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        self._check_finite()
+        checkpoint["state_dict"] = saved_weights(checkpoint["state_dict"], (n for n, _ in self.trainable_parameters()))
         checkpoint["dv_version"] = __version__
         # Plain dicts, so that the checkpoint loads with torch.load(weights_only=True).
         checkpoint["hyper_parameters"] = plain(checkpoint.get("hyper_parameters", {}))
         if self.ema is not None:
-            checkpoint["ema"] = self.ema.state_dict()
+            checkpoint[EMA_KEY] = self.ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint of another trainable-weight set; resume with this recipe's optimizer settings."""
         expected = {n for n, _ in self.trainable_parameters()}
         # Under FSDP the strategy has loaded (and checked) the weights already and hands no state_dict on.
         if "state_dict" in checkpoint:
-            saved = set(checkpoint["state_dict"])
-            missing, extra = sorted(expected - saved), sorted(saved - expected)
-            if missing or extra:
-                writer = (checkpoint.get("hyper_parameters") or {}).get("_class_path", "another recipe")
-                raise WeightsError(
-                    f"the checkpoint's trainable weights ({len(saved)}, written by {writer}) differ from this recipe's "
-                    f"{type(self).__name__} ({len(expected)}): {len(missing)} missing (e.g. {missing[:2]}), "
-                    f"{len(extra)} not trained here (e.g. {extra[:2]}); was it written by a different recipe?"
-                )
-        if self.ema is not None and "ema" in checkpoint:
-            self.ema.load_state_dict(checkpoint["ema"])
+            writer = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+            check_saved(expected, set(checkpoint["state_dict"]), type(self).__name__, whole=True, writer=writer)
+        if self.ema is not None and EMA_KEY in checkpoint:
+            self.ema.load_state_dict(checkpoint[EMA_KEY])
         self._resume_with_recipe_optim(checkpoint)
 
     def _resume_with_recipe_optim(self, checkpoint: dict) -> None:
@@ -391,4 +441,4 @@ class T2VModule(L.LightningModule):
         """The trained weights (EMA ones when kept), named 'unet.*' and 'branch.*', for export."""
         params = self.trainable_parameters()
         values = self.ema.shadow if (use_ema and self.ema is not None) else [p for _, p in params]
-        return {n.removeprefix("backbone."): v.detach().cpu().contiguous() for (n, _), v in zip(params, values)}
+        return {export_name(n): v.detach().cpu().contiguous() for (n, _), v in zip(params, values)}

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 from diffusers import UNet3DConditionModel
+from einops import rearrange
 from torch import nn
 
 from dv.models.autoencoder import AutoencoderConfig, FrameAutoencoder
@@ -96,27 +95,30 @@ class Backbone(nn.Module):
         self.unet.train(mode)
         return self
 
-    @contextmanager
-    def cached_text(self, captions: list[str], embeddings: torch.Tensor | None) -> Iterator[None]:
-        """Within the block, encode_text takes these captions' embeddings (B, L, D) from `embeddings`
-        (cached by `dv cache-latents --text`) instead of running the encoder; None changes nothing."""
-        self._cached_text = None if embeddings is None else dict(zip(captions, embeddings))
-        try:
-            yield
-        finally:
-            self._cached_text = None
-
     @torch.no_grad()
-    def encode_text(self, captions: list[str]) -> torch.Tensor:
-        """Text embeddings (B, L, D) of the captions; '' gives the cached empty-prompt embedding."""
-        if all(c == "" for c in captions):
-            return self.text.empty_prompt(len(captions)).clone()
-        cached = getattr(self, "_cached_text", None)
-        if cached is not None and all(c in cached for c in captions if c):
-            null = self.text.empty_prompt(1)[0]
-            return torch.stack([cached[c].to(null) if c else null for c in captions])
-        emb = self.text(captions)
-        empty = torch.tensor([c == "" for c in captions], device=emb.device)
-        if empty.any():
-            emb = torch.where(empty[:, None, None], self.text.empty_prompt(len(captions)), emb)
+    def encode_text(
+        self, captions: list[str], embeddings: torch.Tensor | None = None, dropped: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Text embeddings (B, L, D) of the captions; '' gives the cached empty-prompt embedding.
+
+        `embeddings` are the captions' own (cached by `dv cache-latents --text`), used instead of running the
+        encoder. `dropped` (B,) marks captions to replace by the empty prompt (condition dropout), on the device,
+        never read back.
+        """
+        null = self.text.empty_prompt(len(captions))
+        if dropped is not None:
+            dropped = dropped.to(null.device, non_blocking=True)  # masks drawn on the host (no generator) included
+        if embeddings is None and all(c == "" for c in captions):
+            emb = null.clone()
+        elif embeddings is not None:
+            emb = embeddings.to(null.device, null.dtype, non_blocking=True)
+        else:
+            emb = self.text(captions)
+        if "" in captions:  # a host list: knowing it costs no sync
+            empty = torch.tensor([c == "" for c in captions])
+            if null.is_cuda:
+                empty = empty.pin_memory()
+            dropped = empty.to(null.device, non_blocking=True) | (False if dropped is None else dropped)
+        if dropped is not None:
+            emb = torch.where(rearrange(dropped, "b -> b 1 1"), null, emb)
         return emb

@@ -27,6 +27,24 @@ def white_images(batch: int, height: int, width: int, device=None, dtype=torch.f
     return torch.ones(batch, 3, height, width, device=device, dtype=dtype)
 
 
+def draw_dropout(
+    n: int, p_text: float, p_image: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean masks (n,) of the captions and images to drop, drawn independently with p_text and p_image.
+
+    They stay on the generator's device: a training step applies them with `torch.where`, never reading them back.
+    """
+    device = generator.device if generator is not None else "cpu"
+    draws = torch.rand(2, n, generator=generator, device=device)
+    return draws[0] < p_text, draws[1] < p_image
+
+
+def drop_images(images: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+    """Images (B, 3, H, W) with the `dropped` (B,) ones white, the null image condition."""
+    mask = rearrange(dropped.to(images.device, non_blocking=True), "b -> b 1 1 1")
+    return torch.where(mask, torch.ones_like(images), images)
+
+
 def drop_conditions(
     captions: list[str],
     images: torch.Tensor | None,
@@ -36,15 +54,11 @@ def drop_conditions(
 ) -> tuple[list[str], torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """Replace captions by '' with p_text and images by white with p_image, independently per sample.
 
-    Returns the new captions and images and the boolean masks of what was dropped.
+    Returns the new captions and images and the boolean masks of what was dropped. The captions are host strings, so
+    this reads the masks back; the training step uses `draw_dropout` and drops the text embeddings instead.
     """
-    n = len(captions)
-    device = generator.device if generator is not None else "cpu"
-    draws = torch.rand(2, n, generator=generator, device=device).cpu()
-    text_dropped = draws[0] < p_text
-    image_dropped = draws[1] < p_image
+    text_dropped, image_dropped = draw_dropout(len(captions), p_text, p_image, generator)
     captions = ["" if d else c for c, d in zip(captions, text_dropped.tolist())]
     if images is not None:
-        mask = image_dropped.to(images.device)[:, None, None, None]
-        images = torch.where(mask, torch.ones_like(images), images)
+        images = drop_images(images, image_dropped)
     return captions, images, text_dropped, image_dropped

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from dv import __version__ as DV_VERSION
 from dv.errors import WeightsError
 from dv.models.modelscope_keys import convert_modelscope_unet, looks_like_modelscope_unet
+from dv.models.trainable import export_part
 
 __all__ = [
     "convert_ldm_vae",
@@ -383,7 +384,7 @@ def load_dv_weights(path: PathLike, module: nn.Module, part: str | None = None) 
         )
     # The file holds the trained parameters only: every one must fit, the frozen rest stays.
     prefix = f"{part}." if part else None
-    if prefix and not any(k.startswith(prefix) for k in state_dict):
+    if part and not any(export_part(k) == part for k in state_dict):
         raise WeightsError(f"{path} holds no '{part}' weights (its parts: {metadata.get('parts', '?')}).")
     load_into(module, state_dict, source=str(path), strict=False, prefix_strip=prefix)
     return metadata

@@ -62,7 +62,11 @@ class TextEncoder(nn.Module):
     def forward(self, captions: list[str]) -> torch.Tensor:
         """Token embeddings (B, context_length, width) of the captions."""
         device = self.tower.token_embedding.weight.device
-        tokens = self.tokenize(list(captions)).to(device)
+        tokens = self.tokenize(list(captions))
+        if device.type == "cuda":
+            # From pinned memory the copy is queued behind the GPU's work instead of waiting for it.
+            tokens = tokens.pin_memory()
+        tokens = tokens.to(device, non_blocking=True)
         x, attn_mask = self.tower._embeds(tokens)
         blocks = self.tower.transformer.resblocks
         last = len(blocks) - 1 if self.config.layer == "penultimate" else len(blocks)

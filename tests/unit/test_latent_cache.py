@@ -199,8 +199,7 @@ def test_cached_text_embeddings_are_used_and_checked(video_shards, tmp_path):
     backbone = m.backbone
     captions = ["a cat", "", "a dog"]
     cached = torch.full((3, backbone.text.context_length, backbone.text.width), 0.5, dtype=LATENT_DTYPE)
-    with backbone.cached_text(captions, cached):
-        emb = backbone.encode_text(captions)
+    emb = backbone.encode_text(captions, cached)
     torch.testing.assert_close(emb[0], torch.full_like(emb[0], 0.5))
     torch.testing.assert_close(emb[1], backbone.text.empty_prompt(1)[0])  # dropped captions: the null condition
     assert not torch.allclose(backbone.encode_text(captions)[0], emb[0])  # outside the block: the encoder again
