@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from dv.errors import ConfigError
 from dv.lit.t2v import DiffusionConfig, OptimConfig, T2VModule
 from dv.models.backbone import BackboneConfig
-from dv.models.conditions import drop_conditions, reference_image
 from dv.models.retention import RetentionBranch
 
 
@@ -62,9 +61,3 @@ class DreamVideoModule(T2VModule):
             fusion=self.retention.fusion,
             image_channels=tuple(self.retention.image_channels),
         )
-
-    def conditions(self, captions, video, drop, generator):
-        """Text embeddings and z_s of the first frame, after independent text and image dropout when `drop`."""
-        p_text, p_image = (self.p_drop_text, self.p_drop_image) if drop else (0.0, 0.0)
-        captions, images, _, _ = drop_conditions(captions, reference_image(video), p_text, p_image, generator)
-        return self.backbone.encode_text(captions), self.branch.encode_image(images)

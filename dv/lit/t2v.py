@@ -16,7 +16,7 @@ from dv.errors import ConfigError, TrainingError, WeightsError
 from dv.lit.ema import TrainableEMA
 from dv.lit.export import plain
 from dv.models.backbone import Backbone, BackboneConfig, is_temporal
-from dv.models.conditions import drop_conditions, video_to_model
+from dv.models.conditions import drop_conditions, reference_image, video_to_model
 from dv.models.denoiser import Denoiser
 from dv.strategies import total_grad_norm, unwrapped_name
 from dv.models.identity import text_encoder_identity
@@ -66,6 +66,9 @@ class OptimConfig:
 
 class T2VModule(L.LightningModule):
     """Text-to-video latent diffusion training of a UNet3DConditionModel backbone."""
+
+    p_drop_image: float = 0.0
+    """Probability of a white reference image; modules with an image-conditioning branch set their own."""
 
     def __init__(
         self,
@@ -154,11 +157,16 @@ class T2VModule(L.LightningModule):
         named = [
             (f"backbone.unet.{unwrapped_name(n)}", p)
             for n, p in self.backbone.unet.named_parameters()
-            if self.trainable == "all" or is_temporal(n)
+            if self.trains_unet_parameter(unwrapped_name(n))
         ]
-        if self.branch is not None:
-            named += [(f"branch.{unwrapped_name(n)}", p) for n, p in self.branch.named_parameters()]
+        if self.branch is not None:  # the branch (the model family) says which of its own weights train
+            named += [(f"branch.{unwrapped_name(n)}", p) for n, p in self.branch.trained_parameters()]
         return named
+
+    def trains_unet_parameter(self, name: str) -> bool:
+        """Whether a U-Net parameter trains: model.trainable's rule, as the branch (if any) amends it."""
+        by_recipe = self.trainable == "all" or is_temporal(name)
+        return by_recipe if self.branch is None else self.branch.trains_unet_parameter(name, by_recipe)
 
     @property
     def denoiser(self) -> Denoiser:
@@ -193,16 +201,22 @@ class T2VModule(L.LightningModule):
         return latents, video_to_model(cached_video(batch).to(self.device))
 
     def conditions(
-        self, captions: list[str], video: torch.Tensor, drop: bool, generator: torch.Generator | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Text embeddings and image features, after condition dropout when `drop` (T2V: text only)."""
-        captions, _, _, _ = drop_conditions(captions, None, self.p_drop_text if drop else 0.0, 0.0, generator)
-        return self.backbone.encode_text(captions), None
+        self, captions: list[str], video: torch.Tensor, drop: bool, generator: torch.Generator | None,
+        stride: torch.Tensor | None = None,
+    ):
+        """Text embeddings and the branch's image features of the first frame (None without a branch), after
+        independent text and image dropout when `drop` (a dropped image is white)."""
+        p_text = self.p_drop_text if drop else 0.0
+        if self.branch is None:
+            captions, _, _, _ = drop_conditions(captions, None, p_text, 0.0, generator)
+            return self.backbone.encode_text(captions), None
+        p_image = self.p_drop_image if drop else 0.0
+        captions, images, _, _ = drop_conditions(captions, reference_image(video), p_text, p_image, generator)
+        return self.backbone.encode_text(captions), self.branch.encode_image(images, stride)
 
     def batch_conditions(self, batch: dict, video: torch.Tensor, drop: bool, generator: torch.Generator | None):
-        """`conditions` of a batch's captions and video; modules conditioned on more of the batch (a clip's
-        frame stride) override this."""
-        return self.conditions(list(batch["caption"]), video, drop, generator)
+        """`conditions` of a batch's captions, video and clip frame strides (`batch["stride"]`, if any)."""
+        return self.conditions(list(batch["caption"]), video, drop, generator, stride=batch.get("stride"))
 
     def step_seed(self, *salt: int) -> int:
         """A seed that is a function of (seed, salt, rank) only."""
