@@ -67,6 +67,22 @@ def synthetic_batch(batch_size: int, frames: int, size: int, seed: int = 0) -> d
     return {"video": video, "caption": [CAPTION] * batch_size}
 
 
+def meta_workload(recipe_path: str, batch_size: int | None) -> tuple:
+    """(module built on the meta device, frames, size, batch size, bf16) of a recipe: its shapes, no memory."""
+    recipe = load_recipe(recipe_path)
+    frames, size, recipe_batch = video_shape(recipe)
+    batch_size = batch_size or int(recipe_batch or 1)
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, not {batch_size}")
+    module = build_model(recipe_path)
+    if getattr(module, "backbone_config", None) is None:
+        raise ConfigError(f"dv bench knows modules with a backbone (T2VModule and its subclasses), not {type(module).__name__}")
+    with torch.device("meta"):
+        module.configure_model()
+    precision = str((recipe.get("trainer") or {}).get("precision") or "bf16-mixed")
+    return module, frames, size, batch_size, precision.startswith("bf16")
+
+
 def build_workload(recipe_path: str, batch_size: int | None, device: str, compile: bool | None = None) -> Workload:
     """The recipe's model with random weights (speed does not depend on them) on `device`, and a batch.
 
