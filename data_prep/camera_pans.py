@@ -29,12 +29,16 @@ from __future__ import annotations
 import argparse
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from einops import rearrange, repeat
 
 from data_prep.writer import Record
 from dv.data.camera_pans import MOVES, PHOTOS, VAL_PHOTOS, WINDOW_FRACTION, caption_for, load_photo, reference_view
+
+if TYPE_CHECKING:  # torch is imported where it is used: the shard workers never load it
+    import torch
 
 __all__ = ["MOVES", "PHOTOS", "VAL_PHOTOS", "WINDOW_FRACTION", "PanRenderer", "caption_for", "load_photo", "records",
            "reference_view"]

@@ -54,7 +54,7 @@ from dv.data.video import (
     stream_rate,
     strided_fps,
 )
-from dv.errors import ConfigError, DataError
+from dv.errors import DataError
 
 
 class Renderer(Protocol):

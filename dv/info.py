@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from dv.models.denoiser import count
 from dv.recipe import build_model
-
-PAPER_TRAINABLE = 680e6
-"""Trainable parameters the DreamVideo paper reports (§5.1)."""
-
-
-def count(params) -> int:
-    """Number of elements of the parameters."""
-    return sum(p.numel() for p in params)
 
 
 def parameter_table(module) -> list[tuple[str, int]]:
-    """(part, parameters) rows of a built module (T2V, DreamVideo, or one with its own `parameter_rows`)."""
+    """(part, parameters) rows of a built module: the backbone's, then its branch's own rows (parameter_rows)."""
     unet = module.backbone.unet
     trainable = module.trainable_parameters()
     rows = [
@@ -25,23 +18,21 @@ def parameter_table(module) -> list[tuple[str, int]]:
         ("autoencoder (frozen)", count(module.backbone.autoencoder.parameters())),
         ("text encoder (frozen)", count(module.backbone.text.parameters())),
     ]
-    if hasattr(module, "parameter_rows"):
-        rows += module.parameter_rows()
-    elif module.branch is not None:
-        rows.append(("retention branch", count(module.branch.parameters())))
+    if module.branch is not None:
+        rows += module.branch.parameter_rows(unet)
     rows += [("total", count(module.parameters())), ("trainable", count(p for _, p in trainable))]
     return rows
 
 
 def run(recipe: str) -> None:
-    """Print the parameter table of a recipe's model."""
+    """Print the parameter table of a recipe's model, and the trainable count its paper reports, if any."""
     module = build_model(recipe)
     with torch.device("meta"):
         module.configure_model()
     print(f"{'part':58s} {'parameters':>16s}")
     for name, n in parameter_table(module):
         print(f"{name:58s} {n:>16,d}  ({n / 1e6:,.1f} M)")
-    from dv.lit.dreamvideo import DreamVideoModule
-
-    if isinstance(module, DreamVideoModule):
-        print(f"{'paper (DreamVideo §5.1), trainable':58s} {int(PAPER_TRAINABLE):>16,d}  ({PAPER_TRAINABLE / 1e6:,.1f} M)")
+    paper = module.branch.paper_trainable if module.branch is not None else None
+    if paper is not None:
+        source, n = paper
+        print(f"{'paper (' + source + '), trainable':58s} {int(n):>16,d}  ({n / 1e6:,.1f} M)")

@@ -1,6 +1,6 @@
 """`dv bench`: one recipe's speed figures, dv beside the plainest diffusers + torch loop doing the same work.
 
-    dv bench --recipe FILE [--what train|sample|loader] [--steps N] [--batch-size B] [--explain] [--json OUT]
+    dv bench --recipe FILE [--what train|sample|loader|memory] [--steps N] [--batch-size B] [--explain] [--json OUT]
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ GIB = 2**30
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `dv bench`."""
     parser.add_argument("--recipe", required=True, help="the recipe whose model, batch and precision are measured")
-    parser.add_argument("--what", choices=("train", "sample", "loader"), default="train",
-                        help="a training step, sampling one batch of videos, or the data loader")
+    parser.add_argument("--what", choices=("train", "sample", "loader", "memory"), default="train",
+                        help="a training step, sampling one batch of videos, the data loader, or an estimate of a "
+                             "training step's memory per activation-checkpointing choice (meta device, no compute)")
     parser.add_argument("--steps", type=int, default=10,
                         help="timed repetitions (training steps, videos, loader epochs); the median is reported")
     parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions first (compilation, allocator)")
@@ -69,7 +70,7 @@ def bench_train(work, args) -> dict:
     # (DreamVideo at batch 8 ran out of an H100's 80 GB here).
     flops = count_flops(loss_and_backward(work, clips=1)) * work.batch_size
     result: dict = {"dv_adds": what_dv_adds(work), "flops_per_step": flops}
-    if not args.no_plain and plain.has_plain_loop(work):
+    if not args.no_plain:
         step = plain.train_step(work)
         reset_peak_memory(work.device)
         times = plain.time_calls(step, work.device, args.warmup, args.steps)
@@ -97,7 +98,7 @@ def bench_sample(work, args) -> dict:
     s_text, s_image = 9.0, 1.5
     run = sampler_call(work, args.ddim_steps, s_text, s_image)
     result: dict = {"ddim_steps": args.ddim_steps, "flops_per_step": count_flops(run)}  # per video, the "step" here
-    if not args.no_plain and plain.has_plain_loop(work):
+    if not args.no_plain:
         plain_run = plain.sample_video(work, args.ddim_steps, s_text, s_image)
         reset_peak_memory(work.device)
         result["plain"] = {"times": plain.time_calls(plain_run, work.device, args.warmup, args.steps),
@@ -151,7 +152,7 @@ def report(work, args, result: dict) -> dict:
         if result.get("dv_adds"):
             print(f"{'dv also does':<18}{'; '.join(result['dv_adds'])}")
     if "plain" not in result:
-        print(f"{'plain':<18}not run ({'--no-plain' if args.no_plain else 'the plain loops know T2V and DreamVideo models'})")
+        print(f"{'plain':<18}not run (--no-plain)")
     print(f"{'FLOPs/' + unit:<18}{flops:.4g} (torch.utils.flop_counter, one eager {unit} without recomputation)")
     if peak is None:
         print(f"{'MFU':<18}no MFU ({'CPU' if work.device.type == 'cpu' else 'GPU not in the peak table'})")
@@ -194,6 +195,30 @@ def run_explain(args) -> dict:
             "graph_break_count": out.graph_break_count, "break_reasons": [r.reason for r in out.break_reasons]}
 
 
+def run_memory(args) -> dict:
+    """Print the meta-device memory estimate of a training step per checkpointing choice."""
+    from dv.bench.memory import GIB, estimate
+    from dv.bench.workload import meta_workload
+
+    module, frames, size, batch, bf16 = meta_workload(args.recipe, args.batch_size)
+    rows = estimate(module, batch, frames, size, bf16)
+    recipe_choice = module.backbone_config.checkpointing
+    print(f"dv bench · memory · {args.recipe} ({type(module).__name__}): one training step, estimated on the meta device")
+    print(f"setting           batch {batch} × {frames} frames × {size}×{size}, {'bf16-mixed' if bf16 else 'fp32'}; "
+          f"the recipe checkpoints: {recipe_choice}")
+    print(f"{'checkpointing':<15}{'activations':>12}{'weights':>10}{'grads':>10}{'optimizer':>10}{'bf16 copies':>12}{'total':>10}  GiB")
+    for r in rows:
+        print(f"{r.choice:<15}{r.activations / GIB:>12.2f}{r.weights / GIB:>10.2f}{r.gradients / GIB:>10.2f}"
+              f"{r.optimizer / GIB:>10.2f}{r.autocast_copies / GIB:>12.2f}{r.total / GIB:>10.2f}")
+    print("(a floor: saved tensors counted exactly, plus the largest checkpointed block's recomputation; "
+          "no allocator overhead or gradients in flight)")
+    return {"what": "memory", "recipe": args.recipe, "batch_size": batch, "frames": frames, "size": size, "bf16": bf16,
+            "measure": "meta-device count of tensors saved for backward",
+            "choices": {r.choice: {"activations": r.activations, "weights": r.weights, "gradients": r.gradients,
+                                   "optimizer": r.optimizer, "autocast_copies": r.autocast_copies, "total": r.total}
+                        for r in rows}}
+
+
 def run(args: argparse.Namespace) -> dict:
     """Run the benchmark the flags ask for, print it, and write --json; returns the figures."""
     for name in ("steps", "ddim_steps", "loader_batches"):
@@ -205,6 +230,8 @@ def run(args: argparse.Namespace) -> dict:
         figures = run_explain(args)
     elif args.what == "loader":
         figures = run_loader(args)
+    elif args.what == "memory":
+        figures = run_memory(args)
     else:
         from dv.bench.workload import build_workload
 

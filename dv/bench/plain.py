@@ -1,8 +1,10 @@
 """The same work as the plainest diffusers + torch code: what dv's speed is held against.
 
-No Lightning and no dv machinery: the recipe's networks (U-Net, retention branch, autoencoder,
-text encoder) called directly in a `for` loop, the way a user writes it from diffusers' docs.
-The networks are the same objects dv runs, so the recipe's checkpointing and compile apply to both.
+No Lightning and no dv machinery: the recipe's networks (U-Net, image-conditioning branch,
+autoencoder, text encoder) called directly in a `for` loop, the way a user writes it from diffusers'
+docs. The branch is asked for its image features and its U-Net inputs (ConditioningBranch), so the
+loops serve every model family. The networks are the same objects dv runs, so the recipe's
+checkpointing and compile apply to both.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from einops import rearrange
 
 from dv.bench.device import synchronize
 from dv.bench.workload import Workload
-from dv.models.retention import RetentionBranch
 
 
-def has_plain_loop(work: Workload) -> bool:
-    """Whether the plain loops know the module's networks (a U-Net, and no branch or a retention branch)."""
-    branch = getattr(work.module, "branch", None)
-    return branch is None or isinstance(branch, RetentionBranch)
+def unet_call(unet, branch, sample, t, text, image_features):
+    """The U-Net's output for these inputs, with what the branch adds to them when it has image features."""
+    inputs = {"sample": sample, "encoder_hidden_states": text}
+    if image_features is not None:
+        inputs.update(branch.unet_inputs(sample, t, text, image_features))
+    return unet(timestep=t, **inputs).sample
 
 
 def encode(work: Workload, frames: torch.Tensor) -> torch.Tensor:
@@ -77,11 +80,8 @@ def train_step(work: Workload) -> Callable[[], None]:
             noise = torch.randn_like(latents)
             t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), device=device)
             noisy = scheduler.add_noise(latents, noise, t)
-            down = mid = None
-            if branch is not None:
-                down, mid = branch(noisy, t, text, branch.conv_s(first))
-            pred = unet(noisy, t, encoder_hidden_states=text, down_block_additional_residuals=down,
-                        mid_block_additional_residual=mid).sample
+            features = branch.encode_image(first) if branch is not None else None
+            pred = unet_call(unet, branch, noisy, t, text, features)
             loss = F.mse_loss(pred.float(), noise.float())
         loss.backward()
         optimizer.step()
@@ -108,14 +108,10 @@ def sample_video(work: Workload, steps: int, s_text: float, s_image: float) -> C
             null_text = text_encoder([""] * b)
             z_image = z_white = None
             if branch is not None:
-                z_image, z_white = branch.conv_s(image), branch.conv_s(torch.ones_like(image))
+                z_image, z_white = branch.encode_image(image), branch.encode_image(torch.ones_like(image))
 
             def eps(x, step_t, txt, z):
-                down = mid = None
-                if z is not None:
-                    down, mid = branch(x, step_t, txt, z)
-                return unet(x, step_t, encoder_hidden_states=txt, down_block_additional_residuals=down,
-                            mid_block_additional_residual=mid).sample
+                return unet_call(unet, branch, x, step_t, txt, z)
 
             latents = torch.randn(shape, device=device)
             scheduler.set_timesteps(steps, device=device)

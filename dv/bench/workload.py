@@ -116,6 +116,22 @@ def to_channels_last(module: torch.nn.Module) -> int:
     return n
 
 
+def meta_workload(recipe_path: str, batch_size: int | None) -> tuple:
+    """(module built on the meta device, frames, size, batch size, bf16) of a recipe: its shapes, no memory."""
+    recipe = Recipe.load(recipe_path)
+    frames, size = recipe.video_shape()
+    batch_size = batch_size or int(getattr(recipe.data_args(), "batch_size", None) or 1)
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, not {batch_size}")
+    module = recipe.build_model()
+    if getattr(module, "backbone_config", None) is None:
+        raise ConfigError(f"dv bench knows modules with a backbone (T2VModule and its subclasses), not {type(module).__name__}")
+    with torch.device("meta"):
+        module.configure_model()
+    precision = str(recipe.trainer_args().precision or "bf16-mixed")
+    return module, frames, size, batch_size, precision.startswith("bf16")
+
+
 def build_workload(
     recipe_path: str,
     batch_size: int | None,

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
 from dv.errors import ConfigError
 from dv.lit.t2v import DiffusionConfig, OptimConfig, T2VModule
 from dv.models.backbone import BackboneConfig
-from dv.models.conditions import drop_images, reference_image
 from dv.models.retention import RetentionBranch
 
 
@@ -64,11 +62,3 @@ class DreamVideoModule(T2VModule):
             fusion=self.retention.fusion,
             image_channels=tuple(self.retention.image_channels),
         )
-
-    def dropout_rates(self) -> tuple[float, float]:
-        """Text and image dropout are independent (paper: 0.1 each)."""
-        return self.p_drop_text, self.p_drop_image
-
-    def image_condition(self, batch: dict, video: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
-        """z_s of the clips' first frames, a dropped one white."""
-        return self.branch.encode_image(drop_images(reference_image(video), dropped))

@@ -7,13 +7,10 @@ import torch
 from dv.errors import ConfigError
 from dv.lit.t2v import DiffusionConfig, OptimConfig, T2VModule
 from dv.models.backbone import BackboneConfig
-from dv.models.conditions import drop_images, reference_image
-from dv.models.dual_attention import dual_attention_processors
-from dv.models.dynamicrafter import DynamiCrafterBranch, DynamiCrafterCondition, ProjectionConfig, adapt_unet, is_new_unet_parameter
+from dv.models.dynamicrafter import STAGES, DynamiCrafterBranch, ProjectionConfig
 from dv.models.image_encoder import ImageEncoderConfig
-from dv.models.trainable import named_trainable
+from dv.models.pretrained import load_dv_weights
 
-STAGES = ("projection", "all")
 STAGE_LR = {"projection": 1e-4, "all": 5e-5}
 """Learning rates of DynamiCrafter's two training stages (§4.1): P and the image cross-attention, then everything."""
 
@@ -73,72 +70,20 @@ class DynamiCrafterModule(T2VModule):
         self.p_drop_image = p_drop_image
 
     def build_branch(self) -> None:
-        """Adapt the loaded U-Net (reference input, dual cross-attention, stride embedding) and build encoder + P."""
+        """Adapt the loaded U-Net and build encoder + P (DynamiCrafterBranch.attach), then load an earlier stage."""
         on_meta = torch.empty(0).device.type == "meta"
         backbone = self.backbone
-        self.branch = DynamiCrafterBranch(
-            self.image_encoder_config,
-            self.projection_config,
-            context_dim=backbone.unet.config.cross_attention_dim,
-            encode_reference=self.encode_reference,
+        self.branch = DynamiCrafterBranch.attach(
+            backbone.unet,
+            backbone.autoencoder,
+            num_text_tokens=backbone.text.context_length,
+            encoder=self.image_encoder_config,
+            projection=self.projection_config,
             frame_stride=self.frame_stride,
+            image_scale=self.image_scale,
+            stage=self.stage,
             load_weights=not on_meta,
         )
-        adapt_unet(
-            backbone.unet,
-            reference_channels=backbone.autoencoder.latent_channels,
-            num_text_tokens=backbone.text.context_length,
-            queries=self.projection_config.queries,
-            image_scale=self.image_scale,
-        )
         if self.init_weights and not on_meta:
-            from dv.models.pretrained import load_dv_weights
-
             load_dv_weights(self.init_weights, backbone.unet, part="unet")
             load_dv_weights(self.init_weights, self.branch, part="branch")
-
-    @torch.no_grad()
-    def encode_reference(self, image: torch.Tensor) -> torch.Tensor:
-        """The scaled latent (B, c, h, w) of reference images (B, 3, H, W): the autoencoder's posterior mean."""
-        mean, _ = self.backbone.autoencoder.posterior(image[:, :, None])
-        return mean[:, :, 0] * self.backbone.autoencoder.scaling_factor
-
-    def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
-        """The U-Net's new parameters (all of it at stage 'all') and P; the image encoder stays frozen."""
-        # Plain names (as in state dicts) even when FSDP or other wrappers nest the blocks, as T2VModule's.
-        keep = (lambda n: True) if self.stage == "all" else is_new_unet_parameter
-        named = named_trainable("backbone.unet.", self.backbone.unet.named_parameters(), keep)
-        return named + named_trainable("branch.projection.", self.branch.projection.named_parameters())
-
-    def train(self, mode: bool = True):
-        """The frozen image encoder stays in eval mode, like the other frozen encoders."""
-        super().train(mode)
-        if self.branch is not None:
-            self.branch.image_encoder.eval()
-        return self
-
-    def dropout_rates(self) -> tuple[float, float]:
-        """Text and image dropout are independent."""
-        return self.p_drop_text, self.p_drop_image
-
-    def image_condition(self, batch: dict, video: torch.Tensor, dropped: torch.Tensor) -> DynamiCrafterCondition:
-        """The DynamiCrafterCondition of the first frames (a dropped one white, as in DreamVideo) at each clip's
-        frame stride (`batch["stride"]`, else frame_stride)."""
-        return self.branch.encode_image(drop_images(reference_image(video), dropped), batch.get("stride"))
-
-    def parameter_rows(self) -> list[tuple[str, int]]:
-        """`dv info` rows of the parts this module adds."""
-        unet = self.backbone.unet
-        processors = list(dual_attention_processors(unet).values())
-        image_kv = _count(p for proc in processors for p in proc.parameters())
-        return [
-            (f"U-Net's new image K/V and λ ({len(processors)} spatial cross-attentions)", image_kv),
-            ("U-Net's new stride embedding (time_embedding.cond_proj)", _count(unet.time_embedding.cond_proj.parameters())),
-            ("U-Net's new reference-latent weights of conv_in", _count(unet.conv_in.reference.parameters())),
-            ("image encoder (CLIP vision tower, frozen)", _count(self.branch.image_encoder.parameters())),
-            ("projection P (query transformer)", _count(self.branch.projection.parameters())),
-        ]
-
-
-def _count(params) -> int:
-    return sum(p.numel() for p in params)

@@ -18,7 +18,7 @@ from dv.lit.ema import TrainableEMA
 from dv.lit.export import plain
 from dv.lit.optim import adamw, clip_gradients
 from dv.models.backbone import Backbone, BackboneConfig, is_temporal
-from dv.models.conditions import draw_dropout, video_to_model
+from dv.models.conditions import draw_dropout, drop_images, reference_image, video_to_model
 from dv.models.denoiser import Denoiser
 from dv.models.identity import text_encoder_identity
 from dv.models.trainable import EMA_KEY, check_saved, export_name, named_trainable, saved_weights
@@ -71,6 +71,9 @@ class OptimConfig:
 
 class T2VModule(L.LightningModule):
     """Text-to-video latent diffusion training of a UNet3DConditionModel backbone."""
+
+    p_drop_image: float = 0.0
+    """Probability of a white reference image; modules with an image-conditioning branch set their own."""
 
     def __init__(
         self,
@@ -156,11 +159,15 @@ class T2VModule(L.LightningModule):
     def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         """(name, parameter) of everything the optimizer trains, in a fixed order."""
         # Plain names (as in state dicts) even when FSDP or other wrappers nest the blocks.
-        keep = (lambda n: True) if self.trainable == "all" else is_temporal
-        named = named_trainable("backbone.unet.", self.backbone.unet.named_parameters(), keep)
-        if self.branch is not None:
-            named += named_trainable("branch.", self.branch.named_parameters())
+        named = named_trainable("backbone.unet.", self.backbone.unet.named_parameters(), self.trains_unet_parameter)
+        if self.branch is not None:  # the branch (the model family) says which of its own weights train
+            named += named_trainable("branch.", self.branch.trained_parameters())
         return named
+
+    def trains_unet_parameter(self, name: str) -> bool:
+        """Whether a U-Net parameter trains: model.trainable's rule, as the branch (if any) amends it."""
+        by_recipe = self.trainable == "all" or is_temporal(name)
+        return by_recipe if self.branch is None else self.branch.trains_unet_parameter(name, by_recipe)
 
     @property
     def denoiser(self) -> Denoiser:
@@ -196,12 +203,16 @@ class T2VModule(L.LightningModule):
         return latents, video_to_model(cached_video(batch).to(self.device, non_blocking=True))
 
     def dropout_rates(self) -> tuple[float, float]:
-        """Probabilities of dropping a caption and a reference image in training (T2V: text only)."""
-        return self.p_drop_text, 0.0
+        """Probabilities of dropping a caption and a reference image in training (independent; no image without a
+        branch)."""
+        return self.p_drop_text, (self.p_drop_image if self.branch is not None else 0.0)
 
     def image_condition(self, batch: dict, video: torch.Tensor, dropped: torch.Tensor) -> Any:
-        """The branch's features of the clips' first frames, the `dropped` ones white; the T2V backbone has none."""
-        return None
+        """The branch's features of the clips' first frames (a `dropped` one white) at each clip's frame stride
+        (`batch["stride"]`, if any); None for the T2V backbone, which has no branch."""
+        if self.branch is None:
+            return None
+        return self.branch.encode_image(drop_images(reference_image(video), dropped), batch.get("stride"))
 
     def batch_conditions(self, batch: dict, video: torch.Tensor, drop: bool, generator: torch.Generator | None):
         """Text embeddings and image features of a batch's captions (or cached embeddings) and video, after

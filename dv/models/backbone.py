@@ -33,11 +33,14 @@ class BackboneConfig:
     """Seed of the random initialisation of whatever no weights file covers (so a resumed run rebuilds it identically)."""
     checkpointing: str | list[str] = "none"
     """Activation checkpointing of U-Net and retention-branch blocks (recomputed in backward, less memory):
-    'none', 'all', or a list of 'down', 'mid', 'up' and block-name patterns such as 'unet.up_blocks.*' or 'branch.*'."""
+    'none', 'all', 'high-res' (the full-resolution blocks), or a list of 'high-res', 'down', 'mid', 'up' and block-name patterns such as 'unet.up_blocks.*' or 'branch.*'."""
     compile: bool = False
     """torch.compile the U-Net and the retention branch (the first steps compile, for minutes at full size)."""
     compile_mode: str | None = None
     """torch.compile mode: None/'default', 'reduce-overhead' (CUDA graphs), 'max-autotune', 'max-autotune-no-cudagraphs'."""
+    compile_regions: str = "model"
+    """What `compile` compiles: 'model' (the whole U-Net and branch) or 'layers' (each ResnetBlock2D, TemporalConvLayer,
+    Transformer2DModel and TransformerTemporalModel: repeated layers share graphs, so the first step compiles in minutes)."""
 
 
 def is_temporal(name: str) -> bool:
@@ -87,7 +90,7 @@ class Backbone(nn.Module):
 
         names = apply_checkpointing(self.unet, branch, self.config.checkpointing)
         if self.config.compile:
-            apply_compile(self.unet, branch, self.config.compile_mode)
+            apply_compile(self.unet, branch, self.config.compile_mode, self.config.compile_regions)
         return names
 
     def train(self, mode: bool = True) -> "Backbone":

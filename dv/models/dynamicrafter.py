@@ -19,6 +19,7 @@ so the zero-shot baseline still runs on it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -29,12 +30,17 @@ from einops import repeat
 from torch import nn
 
 from dv.errors import ConfigError
-from dv.models.dual_attention import set_dual_cross_attention
+from dv.models.autoencoder import FrameAutoencoder
+from dv.models.denoiser import count
+from dv.models.dual_attention import dual_attention_processors, set_dual_cross_attention
 from dv.models.image_encoder import ImageEncoder, ImageEncoderConfig
 from dv.models.retention import zero_module
 
 NEW_UNET_PARTS = ("conv_in.reference.", "time_embedding.cond_proj.", ".processor.")
 """Name parts of the parameters the adaptation adds to the U-Net (what `stage: projection` trains there)."""
+
+STAGES = ("projection", "all")
+"""DynamiCrafter's two training stages (§4.1): P and the U-Net's new weights, then everything."""
 
 
 @dataclass
@@ -113,8 +119,21 @@ def is_new_unet_parameter(name: str) -> bool:
     return any(part in name for part in NEW_UNET_PARTS)
 
 
+@torch.no_grad()
+def reference_latent(autoencoder: FrameAutoencoder, image: torch.Tensor) -> torch.Tensor:
+    """The scaled latent (B, c, h, w) of reference images (B, 3, H, W): the autoencoder's posterior mean."""
+    mean, _ = autoencoder.posterior(image[:, :, None])
+    return mean[:, :, 0] * autoencoder.scaling_factor
+
+
 class DynamiCrafterBranch(nn.Module):
-    """Image encoder (frozen) and projection P: reference images -> DynamiCrafterCondition, and the U-Net inputs."""
+    """Image encoder (frozen) and projection P: reference images -> DynamiCrafterCondition, and the U-Net inputs.
+
+    The DynamiCrafter-style model family (a ConditioningBranch): `attach` adapts a backbone's U-Net and builds
+    the branch; at `stage: projection` P and the U-Net's new weights train, at `stage: all` the whole U-Net too.
+    """
+
+    paper_trainable = None  # DynamiCrafter reports no trainable-parameter count for this setting
 
     def __init__(
         self,
@@ -124,6 +143,7 @@ class DynamiCrafterBranch(nn.Module):
         encode_reference: Callable[[torch.Tensor], torch.Tensor],
         frame_stride: int,
         load_weights: bool = True,
+        stage: str = "projection",
     ) -> None:
         """
         Args:
@@ -134,8 +154,11 @@ class DynamiCrafterBranch(nn.Module):
                 frozen autoencoder, passed as a function so that it stays registered in one place.
             frame_stride: the stride of images encoded without one (sampling, batches from stride-less shards).
             load_weights: load the encoder's checkpoint (off on the meta device).
+            stage: what trains (see the class docstring).
         """
         super().__init__()
+        if stage not in STAGES:
+            raise ConfigError(f"model.stage must be 'projection' or 'all', not {stage!r}")
         if projection.queries < 1 or projection.num_frames < 1:
             raise ConfigError(
                 f"projection.queries and num_frames must be >= 1, not {projection.queries} and {projection.num_frames}"
@@ -156,6 +179,49 @@ class DynamiCrafterBranch(nn.Module):
         self.queries, self.num_frames = projection.queries, projection.num_frames
         self.frame_stride = frame_stride
         self.encode_reference = encode_reference
+        self.stage = stage
+
+    @classmethod
+    def attach(
+        cls,
+        unet: UNet3DConditionModel,
+        autoencoder: FrameAutoencoder,
+        num_text_tokens: int,
+        encoder: ImageEncoderConfig,
+        projection: ProjectionConfig,
+        frame_stride: int,
+        image_scale: float = 1.0,
+        stage: str = "projection",
+        load_weights: bool = True,
+    ) -> "DynamiCrafterBranch":
+        """Adapt a (loaded) U-Net (reference input, dual cross-attention, stride embedding) and build encoder + P;
+        reference latents come from `autoencoder`, which stays registered where it is."""
+        branch = cls(encoder, projection, context_dim=unet.config.cross_attention_dim,
+                     encode_reference=functools.partial(reference_latent, autoencoder), frame_stride=frame_stride,
+                     load_weights=load_weights, stage=stage)
+        adapt_unet(unet, reference_channels=autoencoder.latent_channels, num_text_tokens=num_text_tokens,
+                   queries=projection.queries, image_scale=image_scale)
+        return branch
+
+    def trains_unet_parameter(self, name: str, by_recipe: bool) -> bool:
+        """The U-Net's new weights train; at stage 'all' every U-Net weight does."""
+        return self.stage == "all" or is_new_unet_parameter(name)
+
+    def trained_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """P trains; the image encoder stays frozen."""
+        return [(f"projection.{n}", p) for n, p in self.projection.named_parameters()]
+
+    def parameter_rows(self, unet: UNet3DConditionModel) -> list[tuple[str, int]]:
+        """`dv info` rows of what this family adds to the U-Net and of the branch's parts."""
+        processors = list(dual_attention_processors(unet).values())
+        return [
+            (f"U-Net's new image K/V and λ ({len(processors)} spatial cross-attentions)",
+             count(p for proc in processors for p in proc.parameters())),
+            ("U-Net's new stride embedding (time_embedding.cond_proj)", count(unet.time_embedding.cond_proj.parameters())),
+            ("U-Net's new reference-latent weights of conv_in", count(unet.conv_in.reference.parameters())),
+            ("image encoder (CLIP vision tower, frozen)", count(self.image_encoder.parameters())),
+            ("projection P (query transformer)", count(self.projection.parameters())),
+        ]
 
     def train(self, mode: bool = True) -> "DynamiCrafterBranch":
         """P follows `mode`; the image encoder stays in eval mode."""

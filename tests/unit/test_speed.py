@@ -56,6 +56,11 @@ def test_selection_words_patterns_and_errors():
     assert select_blocks(["branch.*", "unet.up_blocks.1"], NAMES) == ["unet.up_blocks.1"] + NAMES[5:]
     with pytest.raises(ConfigError, match="matches no block"):
         select_blocks(["unet.side_blocks.*"], NAMES)
+    # high-res: the blocks at the latent's full resolution, of the U-Net and of the branch.
+    assert select_blocks("high-res", NAMES) == ["unet.down_blocks.0", "unet.up_blocks.1", "branch.down_blocks.0"]
+    assert select_blocks(["high-res", "mid"], NAMES) == [
+        "unet.down_blocks.0", "unet.mid_block", "unet.up_blocks.1", "branch.down_blocks.0", "branch.mid_block"
+    ]
 
 
 def test_checkpointed_gradients_equal_plain_ones_and_blocks_are_recomputed():
