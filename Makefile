@@ -6,7 +6,7 @@ DV := $(VENV)/bin/dv
 SHARDS ?= data/shards/camera-pans
 RUNS ?= runs
 
-.PHONY: install test test-fast shards tiny-shards pretrained pretrained-t2v pretrained-image-models pretrained-dreamvideo pretrained-dynamicrafter latents demo claims app bench-loader bench-sampling clean
+.PHONY: install lint test test-fast shards tiny-shards pretrained pretrained-t2v pretrained-image-models pretrained-dreamvideo pretrained-dynamicrafter latents demo claims app bench-loader bench-sampling clean
 
 install: $(VENV)/.installed
 
@@ -18,10 +18,16 @@ $(VENV)/.installed: requirements.txt requirements-app.txt setup.cfg pyproject.to
 	$(PY) -c "import torch, torchvision, lightning, torchmetrics, webdataset, av, einops, open_clip, skimage, tensorboard, diffusers, gradio, gradio_client; from torchvision.ops import nms"
 	touch $@
 
-test: install
+# Style (ruff) and the layering of docs/architecture.md (import-linter; contracts in pyproject.toml).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
+test: lint
 	$(PY) -m pytest -q tests
 
-test-fast: install
+test-fast: lint
 	$(PY) -m pytest -q -m "not slow" tests
 
 # SHARD_ARGS passes builder options (e.g. SHARD_ARGS="--size 64").

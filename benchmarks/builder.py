@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"1080p": (1920, 1080), "4K": (3840, 2160)}
 FPS = 30
 
-_WORKER = r'''
+_WORKER = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 mode, path = sys.argv[2], sys.argv[3]
@@ -49,7 +49,7 @@ cpu = time.process_time() - t0
 assert not reason and len(samples) == 1, reason
 print(json.dumps({"cpu_s": cpu, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "rss_before_mb": rss0 / 1024, "torch": "torch" in sys.modules}))
-'''
+"""
 
 
 def make_source(path: Path, size: str, keyint: int, seconds: float, grain: bool = True) -> Path:
@@ -71,8 +71,15 @@ def make_source(path: Path, size: str, keyint: int, seconds: float, grain: bool 
     with av.open(str(tmp), "w") as container:
         stream = container.add_stream("libx264", rate=Fraction(FPS))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"preset": "veryfast", "profile": "main", "bf": "3", "g": str(keyint),
-                          "keyint_min": str(keyint), "sc_threshold": "0", "crf": "23"}
+        stream.options = {
+            "preset": "veryfast",
+            "profile": "main",
+            "bf": "3",
+            "g": str(keyint),
+            "keyint_min": str(keyint),
+            "sc_threshold": "0",
+            "crf": "23",
+        }
         for i in range(frames):
             x = (i * 3) % (canvas.shape[1] - w)
             frame = np.clip(canvas[:, x : x + w] + noise[i % 4], 0, 255).astype(np.uint8)
@@ -132,8 +139,14 @@ def floor(path: str) -> float:
 def run_dv(code: Path, path: Path) -> dict:
     """One process_record of checkout `code` on `path`, in a fresh process."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(code)}
-    out = subprocess.run([sys.executable, "-c", _WORKER, str(code), "dv", str(path)], env=env, cwd=code,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _WORKER, str(code), "dv", str(path)],
+        env=env,
+        cwd=code,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -172,7 +185,9 @@ def main() -> int:
     parser.add_argument("--sizes", nargs="+", default=["1080p", "4K"], choices=sorted(SIZES))
     parser.add_argument("--keyints", nargs="+", type=int, default=[60, 250])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-grain", action="store_true", help="sources without grain (quicker to make, lower bit rate)")
+    parser.add_argument(
+        "--no-grain", action="store_true", help="sources without grain (quicker to make, lower bit rate)"
+    )
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/dv-bench-builder"))
     parser.add_argument("--out-json", type=Path, default=None)
     args = parser.parse_args()
@@ -182,8 +197,13 @@ def main() -> int:
         for keyint in args.keyints:
             name = f"{size}, keyframe every {keyint}"
             suffix = "" if args.no_grain else "-grain"
-            src = make_source(args.work_dir / f"{size}-k{keyint}-{args.seconds:g}s{suffix}.mp4", size, keyint,
-                              args.seconds, grain=not args.no_grain)
+            src = make_source(
+                args.work_dir / f"{size}-k{keyint}-{args.seconds:g}s{suffix}.mp4",
+                size,
+                keyint,
+                args.seconds,
+                grain=not args.no_grain,
+            )
             r: dict = {"floor": [], "dv": [], "before": []}
             for _ in range(args.repeats):  # interleaved, so a load change on the machine hits every column alike
                 r["floor"].append(floor(str(src)))
@@ -194,18 +214,28 @@ def main() -> int:
             rss = {k: max(x["rss_mb"] for x in v) for k, v in r.items() if v and isinstance(v[0], dict)}
             torch = {k: v[0]["torch"] for k, v in r.items() if v and isinstance(v[0], dict)}
             share = statistics.median(score_cpu(src) for _ in range(3)) / med["dv"]
-            results[name] = {"cpu_s": med, "peak_rss_mb": rss, "imports_torch": torch, "score_share": share,
-                             "runs": r, "source_mb": src.stat().st_size / 2**20}
+            results[name] = {
+                "cpu_s": med,
+                "peak_rss_mb": rss,
+                "imports_torch": torch,
+                "score_share": share,
+                "runs": r,
+                "source_mb": src.stat().st_size / 2**20,
+            }
             rows.append((name, med, rss, share))
             print(f"{name}: {json.dumps(results[name]['cpu_s'])} rss {json.dumps(rss)} scores {share:.1%}", flush=True)
-    print("\n| source | floor (CPU-s) | dv before | dv now | before / floor | now / floor | scores' share of now | peak RSS before / now (MB) |")
+    print(
+        "\n| source | floor (CPU-s) | dv before | dv now | before / floor | now / floor | scores' share of now | peak RSS before / now (MB) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, med, rss, share in rows:
         before = med.get("before")
-        print(f"| {name} | {med['floor']:.2f} | {before:.2f} | {med['dv']:.2f} | {before / med['floor']:.1f}× | "
-              f"{med['dv'] / med['floor']:.2f}× | {share:.1%} | {rss.get('before', 0):.0f} / {rss['dv']:.0f} |"
-              if before else
-              f"| {name} | {med['floor']:.2f} | - | {med['dv']:.2f} | - | {med['dv'] / med['floor']:.2f}× | {share:.1%} | - / {rss['dv']:.0f} |")
+        print(
+            f"| {name} | {med['floor']:.2f} | {before:.2f} | {med['dv']:.2f} | {before / med['floor']:.1f}× | "
+            f"{med['dv'] / med['floor']:.2f}× | {share:.1%} | {rss.get('before', 0):.0f} / {rss['dv']:.0f} |"
+            if before
+            else f"| {name} | {med['floor']:.2f} | - | {med['dv']:.2f} | - | {med['dv'] / med['floor']:.2f}× | {share:.1%} | - / {rss['dv']:.0f} |"
+        )
     if args.out_json:
         args.out_json.write_text(json.dumps(results, indent=1))
     return 0

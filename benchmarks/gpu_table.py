@@ -1,6 +1,6 @@
 """One table of the GPU script's runs: `dv bench --json` files in, markdown out (dv against the plain loop).
 
-    python benchmarks/gpu_table.py OUT_DIR [NAME ...]     # NAME.json under OUT_DIR, in order; none = all
+python benchmarks/gpu_table.py OUT_DIR [NAME ...]     # NAME.json under OUT_DIR, in order; none = all
 """
 
 from __future__ import annotations

@@ -59,20 +59,29 @@ def write_shards(recipe_path: str, out: str, clips: int, shards: int, seed: int 
         with open(path, "wb") as f, SampleTarWriter(f) as tar:
             for j in range(n):
                 meta = {"source_id": f"bench{index}-{j}", "stride": 4, "num_frames": latent[1], "size": [size, size]}
-                tar.write(encode_latent_sample(
-                    f"bench{index:03d}_{j:05d}_c000",
-                    torch.randn(latent, generator=g),
-                    torch.full(latent, -6.0),
-                    torch.randint(0, 256, (size, size, 3), generator=g, dtype=torch.uint8),
-                    "the camera pans slowly to the left over a city street at dusk",
-                    meta,
-                    "bench-vae",
-                    text=torch.randn(text, generator=g),
-                    text_encoder="bench-text",
-                ))
-        stats = ShardStats(shard=path.name, split="train", index=index, source="bench", samples_written=n,
-                           duration_s=time.perf_counter() - start, bytes_written=path.stat().st_size,
-                           settings={"kind": LATENT_KIND, "sizes": [size], "frames": [latent[1]]})
+                tar.write(
+                    encode_latent_sample(
+                        f"bench{index:03d}_{j:05d}_c000",
+                        torch.randn(latent, generator=g),
+                        torch.full(latent, -6.0),
+                        torch.randint(0, 256, (size, size, 3), generator=g, dtype=torch.uint8),
+                        "the camera pans slowly to the left over a city street at dusk",
+                        meta,
+                        "bench-vae",
+                        text=torch.randn(text, generator=g),
+                        text_encoder="bench-text",
+                    )
+                )
+        stats = ShardStats(
+            shard=path.name,
+            split="train",
+            index=index,
+            source="bench",
+            samples_written=n,
+            duration_s=time.perf_counter() - start,
+            bytes_written=path.stat().st_size,
+            settings={"kind": LATENT_KIND, "sizes": [size], "frames": [latent[1]]},
+        )
         write_stats(Path(out) / stats_name("train", index), stats)
         paths.append(str(path))
     return paths

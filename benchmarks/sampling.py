@@ -45,9 +45,15 @@ def kl_vae_like(module, device):
     c, down = ae.latent_channels, ae.downscale
     levels = down.bit_length()  # downscale 2**(levels-1)
     torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=(32,) * levels, down_block_types=("DownEncoderBlock2D",) * levels,
-                        up_block_types=("UpDecoderBlock2D",) * levels, latent_channels=c, norm_num_groups=8,
-                        layers_per_block=1, scaling_factor=1.0)
+    vae = AutoencoderKL(
+        block_out_channels=(32,) * levels,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        latent_channels=c,
+        norm_num_groups=8,
+        layers_per_block=1,
+        scaling_factor=1.0,
+    )
     ae.model, ae.config.kind, ae.scaling_factor = vae, "kl", 1.0  # both samplers decode with this VAE
     return vae.to(device)
 
@@ -64,10 +70,10 @@ def main() -> None:
 
     from diffusers import TextToVideoSDPipeline
 
+    from dv.checkpoint import recipe_video_shape
     from dv.diffusion.pipeline import VideoSampler
     from dv.diffusion.sampling import SamplerConfig
     from dv.recipe import build_model
-    from dv.checkpoint import recipe_video_shape
 
     frames, size = recipe_video_shape(args.recipe)
     module = build_model(args.recipe)
@@ -80,16 +86,25 @@ def main() -> None:
     sampler = VideoSampler(module.backbone, module.branch, module.noise_scheduler, frames, size)
     image = torch.rand(1, 3, size, size, device=args.device) * 2 - 1
 
-    pipe = TextToVideoSDPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=module.backbone.unet,
-                                 scheduler=sampler.scheduler)
+    pipe = TextToVideoSDPipeline(
+        vae=vae, text_encoder=None, tokenizer=None, unet=module.backbone.unet, scheduler=sampler.scheduler
+    )
     pipe.set_progress_bar_config(disable=True)
     text = module.backbone.encode_text([prompt])
     null = module.backbone.encode_text([""])
 
     def stock():
-        pipe(prompt_embeds=text, negative_prompt_embeds=null, num_frames=frames, height=size, width=size,
-             num_inference_steps=args.steps, guidance_scale=config.s_text, output_type="pt",
-             generator=torch.Generator(args.device).manual_seed(0))
+        pipe(
+            prompt_embeds=text,
+            negative_prompt_embeds=null,
+            num_frames=frames,
+            height=size,
+            width=size,
+            num_inference_steps=args.steps,
+            guidance_scale=config.s_text,
+            output_type="pt",
+            generator=torch.Generator(args.device).manual_seed(0),
+        )
 
     backbone_only = VideoSampler(module.backbone, None, module.noise_scheduler, frames, size)
 
@@ -103,17 +118,23 @@ def main() -> None:
         sampler.sample([prompt], image, config, [0], progress=False)
 
     rows = []
-    for name, fn in (("diffusers TextToVideoSDPipeline, text-to-video (same work as the next row)", stock),
-                     ("dv, text-to-video, backbone only", dv_backbone),
-                     ("dv, text-to-video with the branch on the white image (Eq. 4)", dv_t2v),
-                     ("dv, text+image-to-video (Eq. 5, branch)", dv_ti2v)):
+    for name, fn in (
+        ("diffusers TextToVideoSDPipeline, text-to-video (same work as the next row)", stock),
+        ("dv, text-to-video, backbone only", dv_backbone),
+        ("dv, text-to-video with the branch on the white image (Eq. 4)", dv_t2v),
+        ("dv, text+image-to-video (Eq. 5, branch)", dv_ti2v),
+    ):
         counter.calls = 0
         fn()
         calls_per_step = counter.calls / args.steps
         seconds = statistics.median(time_calls(fn, torch.device(args.device), warmup=1, repeats=args.repeats))
         rows.append((name, seconds, calls_per_step))
     base = rows[0][1]
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    device = (
+        torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    )
     lines = [
         BEGIN,
         "## Sampling: seconds per video",
@@ -127,15 +148,19 @@ def main() -> None:
     ]
     for name, seconds, calls in rows:
         lines.append(f"| {name} | {seconds:.3f} | {calls:.0f} | {seconds / base:.2f}× |")
-    lines += ["", "Rows 1 and 2 do the same work (U-Net with CFG, DDIM, VAE decode); rows 3 and 4 also run the",
-              "retention branch in every call, rows 4 with batch 3 (Eq. 5) in one call per step. The tiny recipe is",
-              "launch-bound on a CPU; figures for the full recipe need a GPU (none was available here).", END]
+    lines += [
+        "",
+        "Rows 1 and 2 do the same work (U-Net with CFG, DDIM, VAE decode); rows 3 and 4 also run the",
+        "retention branch in every call, rows 4 with batch 3 (Eq. 5) in one call per step. The tiny recipe is",
+        "launch-bound on a CPU; figures for the full recipe need a GPU (none was available here).",
+        END,
+    ]
     table = "\n".join(lines)
     print(table)
     if not args.no_record:
         text_md = README.read_text() if README.exists() else "# Benchmarks\n"
         if BEGIN in text_md:
-            text_md = text_md[: text_md.index(BEGIN)] + table + text_md[text_md.index(END) + len(END):]
+            text_md = text_md[: text_md.index(BEGIN)] + table + text_md[text_md.index(END) + len(END) :]
         else:
             text_md = text_md.rstrip() + "\n\n" + table + "\n"
         README.write_text(text_md)

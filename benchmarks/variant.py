@@ -1,6 +1,6 @@
 """A recipe with some settings changed, for a benchmark run: dotted keys, YAML values.
 
-    python benchmarks/variant.py recipes/t2v.yaml OUT.yaml model.init_args.backbone.compile=true sampling.compile=true
+python benchmarks/variant.py recipes/t2v.yaml OUT.yaml model.init_args.backbone.compile=true sampling.compile=true
 """
 
 from __future__ import annotations

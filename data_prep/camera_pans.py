@@ -40,8 +40,17 @@ from dv.data.camera_pans import MOVES, PHOTOS, VAL_PHOTOS, WINDOW_FRACTION, capt
 if TYPE_CHECKING:  # torch is imported where it is used: the shard workers never load it
     import torch
 
-__all__ = ["MOVES", "PHOTOS", "VAL_PHOTOS", "WINDOW_FRACTION", "PanRenderer", "caption_for", "load_photo", "records",
-           "reference_view"]
+__all__ = [
+    "MOVES",
+    "PHOTOS",
+    "VAL_PHOTOS",
+    "WINDOW_FRACTION",
+    "PanRenderer",
+    "caption_for",
+    "load_photo",
+    "records",
+    "reference_view",
+]
 
 SPLITS = ("train", "val")
 DEFAULT_SHARD_SIZE = 8

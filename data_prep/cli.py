@@ -39,8 +39,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 def add_arguments(b: argparse.ArgumentParser) -> None:
     """The flags of `dv shards` (and of `python -m data_prep build`)."""
-    b.description = ("Build PREFIX-000000.tar shards (PREFIX = split) "
-                     "with a .stats.json beside each; rerunning skips complete shards.")
+    b.description = (
+        "Build PREFIX-000000.tar shards (PREFIX = split) "
+        "with a .stats.json beside each; rerunning skips complete shards."
+    )
     b.add_argument("--source", required=True, choices=sorted(ADAPTERS), help="which adapter reads the source")
     b.add_argument("--out", required=True, help="output folder for the shards")
     b.add_argument("--manifest", default=None, help="metadata file of the source (pexels, msrvtt)")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import tarfile
 from collections import Counter
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -34,8 +35,11 @@ def clip_records(shards: list[str]) -> Iterator[dict[str, Any]]:
             for member in tar:
                 if member.name.endswith("." + META_KEY):
                     meta = json.loads(tar.extractfile(member).read())
-                    yield {**(meta.get("scores") or {}), "source_size": meta.get("source_size"),
-                           "source_bit_rate": meta.get("source_bit_rate")}
+                    yield {
+                        **(meta.get("scores") or {}),
+                        "source_size": meta.get("source_size"),
+                        "source_bit_rate": meta.get("source_bit_rate"),
+                    }
 
 
 def summarize(shards: list[str], filters: ClipFilter | None = None) -> dict[str, Any]:
@@ -56,16 +60,24 @@ def summarize(shards: list[str], filters: ClipFilter | None = None) -> dict[str,
         "unscored": len(clips) - len(scored),
         "cuts": sum(bool(c.get("cut")) for c in scored),
         "motion_quantiles": {f"p{round(q * 100)}": round(float(np.quantile(motion, q)), 4) for q in QUANTILES}
-        if len(motion) else {},
+        if len(motion)
+        else {},
         "short_side": dict(sorted(sides.items(), key=lambda kv: [n for _, n in SHORT_SIDES].index(kv[0]))),
         "resolutions": dict(sizes.most_common(10)),
-        "bit_rate_mbps_quantiles": {f"p{round(q * 100)}": round(float(np.quantile(rates, q)) / 1e6, 3) for q in QUANTILES}
-        if len(rates) else {},
+        "bit_rate_mbps_quantiles": {
+            f"p{round(q * 100)}": round(float(np.quantile(rates, q)) / 1e6, 3) for q in QUANTILES
+        }
+        if len(rates)
+        else {},
     }
     if filters is not None and filters.active:
         reasons = Counter(filters.reason({"scores": {k: c[k] for k in ("motion", "cut") if k in c}}) for c in clips)
         kept = reasons.pop(None, 0) + reasons.get(UNSCORED, 0)
-        out["filters"] = {"settings": filters.settings(), "kept": kept, "dropped_by_reason": dict(sorted(reasons.items()))}
+        out["filters"] = {
+            "settings": filters.settings(),
+            "kept": kept,
+            "dropped_by_reason": dict(sorted(reasons.items())),
+        }
     return out
 
 
@@ -77,14 +89,18 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"unscored (format-1 shards): {s['unscored']} ({pct(s['unscored'])}); rebuild them to score them")
     lines.append(f"clips spanning a scene cut: {s['cuts']} ({pct(s['cuts'])})")
     if s["motion_quantiles"]:
-        lines.append("motion (% of the frame side per clip frame): "
-                     + "  ".join(f"{k} {v:.3g}" for k, v in s["motion_quantiles"].items()))
+        lines.append(
+            "motion (% of the frame side per clip frame): "
+            + "  ".join(f"{k} {v:.3g}" for k, v in s["motion_quantiles"].items())
+        )
     if s["short_side"]:
         lines.append("source short side: " + ", ".join(f"{k}: {v} ({pct(v)})" for k, v in s["short_side"].items()))
     if s["resolutions"]:
         lines.append("source resolutions: " + ", ".join(f"{k}: {v}" for k, v in s["resolutions"].items()))
     if s["bit_rate_mbps_quantiles"]:
-        lines.append("source bit rate (Mb/s): " + "  ".join(f"{k} {v:.3g}" for k, v in s["bit_rate_mbps_quantiles"].items()))
+        lines.append(
+            "source bit rate (Mb/s): " + "  ".join(f"{k} {v:.3g}" for k, v in s["bit_rate_mbps_quantiles"].items())
+        )
     if "filters" in s:
         f = s["filters"]
         why = ", ".join(f"{k}: {v}" for k, v in f["dropped_by_reason"].items() if k != UNSCORED) or "none"
@@ -95,8 +111,17 @@ def format_summary(s: dict[str, Any]) -> str:
 def run(args) -> int:
     """The `stats` command on parsed arguments; prints the summary (JSON with --json)."""
     shards = expand_shards(args.shards)
-    filters = ClipFilter.from_config({k: v for k, v in (("min_motion", args.min_motion), ("max_motion", args.max_motion),
-                                                        ("drop_cuts", args.drop_cuts)) if v is not None})
+    filters = ClipFilter.from_config(
+        {
+            k: v
+            for k, v in (
+                ("min_motion", args.min_motion),
+                ("max_motion", args.max_motion),
+                ("drop_cuts", args.drop_cuts),
+            )
+            if v is not None
+        }
+    )
     summary = summarize(shards, filters)
     print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
     return 0

@@ -30,11 +30,12 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -203,8 +204,13 @@ def _clips_from_file(
                 if not clips:
                     return [], src, f"too_short: {n} frames, one clip needs {clip_span(cfg.frames, stride)}"
                 span = read_span(
-                    p, {i for c in clips for i in c}, cfg.size, spans=[(c[0], c[-1]) for c in clips],
-                    threads=cfg.decode_threads, index=index, container=container,
+                    p,
+                    {i for c in clips for i in c},
+                    cfg.size,
+                    spans=[(c[0], c[-1]) for c in clips],
+                    threads=cfg.decode_threads,
+                    index=index,
+                    container=container,
                 )
                 whole = [c for c in clips if all(i in span.frames for i in c)]
                 if len(whole) == len(clips) or attempt == 1:
@@ -333,8 +339,13 @@ class _ShardWriter:
     """One shard being written in this process (dv's shard rules: temp tar, rename, stats last)."""
 
     def __init__(self, task: ShardTask, cfg: BuildConfig):
-        stats = ShardStats(shard=shard_name(task.split, task.index), split=task.split, index=task.index,
-                           source=cfg.source, settings=cfg.settings())
+        stats = ShardStats(
+            shard=shard_name(task.split, task.index),
+            split=task.split,
+            index=task.index,
+            source=cfg.source,
+            settings=cfg.settings(),
+        )
         self.out = ShardOutput(cfg.out_dir, task.split, task.index, stats, SampleTarWriter)
         self.stats = stats
         self.keys: set[str] = set()
@@ -464,7 +475,7 @@ def _jobs(tasks: Sequence[ShardTask]) -> Iterator[tuple[ShardTask, int, Record]]
             yield task, position, record
 
 
-def _write_all(tasks: Sequence[ShardTask], cfg: BuildConfig, summary: "BuildSummary", bar) -> None:
+def _write_all(tasks: Sequence[ShardTask], cfg: BuildConfig, summary: BuildSummary, bar) -> None:
     """Write every shard, sources encoded by `cfg.workers` pool processes (or here, with one worker)."""
     open_shards: dict[tuple[str, int], _ShardWriter] = {}
     failed: set[tuple[str, int]] = set()
@@ -495,7 +506,9 @@ def _write_all(tasks: Sequence[ShardTask], cfg: BuildConfig, summary: "BuildSumm
             shard = open_shards[key]
             try:
                 if reason == WORKER_DIED:
-                    raise RuntimeError(f"its worker process died on source {record.source_id!r} (killed, out of memory or a crash)")
+                    raise RuntimeError(
+                        f"its worker process died on source {record.source_id!r} (killed, out of memory or a crash)"
+                    )
                 clips = shard.add(record, samples, reason)
                 _advance(bar, 1, clips)
                 if position == len(task.records) - 1:
@@ -508,12 +521,14 @@ def _write_all(tasks: Sequence[ShardTask], cfg: BuildConfig, summary: "BuildSumm
                 open_shards.pop(key, None)
                 if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                     # Not this shard's fault: every later one would fail the same way. Finished shards are whole.
-                    raise DataError(f"no space left on device writing {shard.tmp}; the finished shards are whole: "
-                                    "free some space and rerun the same command") from None
+                    raise DataError(
+                        f"no space left on device writing {shard.tmp}; the finished shards are whole: "
+                        "free some space and rerun the same command"
+                    ) from None
                 failed.add(key)
                 summary.shards_failed[name] = str(exc) if reason == WORKER_DIED else f"{type(exc).__name__}: {exc}"
                 if pool is not None:
-                    pool.drop(lambda tag: (tag[0].split, tag[0].index) != key)
+                    pool.drop(lambda tag, key=key: (tag[0].split, tag[0].index) != key)
     finally:
         for shard in open_shards.values():  # interrupted: temp files stay behind, and the rerun overwrites them
             with contextlib.suppress(OSError):

@@ -44,9 +44,12 @@ COMPARE_HEIGHT = 256  # the comparison image is enlarged (nearest neighbour) to 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `dv app`."""
-    parser.add_argument("--recipe", default=None,
-                        help="the recipe the checkpoint was trained with (default: the one a .ckpt carries)")
-    parser.add_argument("--ckpt", required=True, help="a dv training checkpoint (.ckpt) or a `dv export` (.safetensors)")
+    parser.add_argument(
+        "--recipe", default=None, help="the recipe the checkpoint was trained with (default: the one a .ckpt carries)"
+    )
+    parser.add_argument(
+        "--ckpt", required=True, help="a dv training checkpoint (.ckpt) or a `dv export` (.safetensors)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=7860, help="port to serve on")
     parser.add_argument("--out-dir", default="runs/app", help="where each request's video, images and inputs are kept")
@@ -105,7 +108,9 @@ def whole_number(value, low: int, high: int, what: str) -> int:
     return int(number)
 
 
-def sample_argv(request: Request, recipe: str | None, ckpt: str, device: str, image: Path | None, out: Path) -> list[str]:
+def sample_argv(
+    request: Request, recipe: str | None, ckpt: str, device: str, image: Path | None, out: Path
+) -> list[str]:
     """The `dv sample` arguments that make `request`'s video (the page shows them after `dv sample`)."""
     argv = (["--recipe", recipe] if recipe else []) + ["--ckpt", ckpt]
     if request.key in IMAGE_MODES:
@@ -113,9 +118,21 @@ def sample_argv(request: Request, recipe: str | None, ckpt: str, device: str, im
     for prompt in request.prompts() or []:
         # `--prompt=-x` keeps a prompt that starts with a dash from reading as a flag.
         argv += [f"--prompt={prompt}"] if prompt.startswith("-") else ["--prompt", prompt]
-    argv += ["--guidance-text", f"{request.s_text:g}", "--guidance-image", f"{request.s_image:g}",
-             "--steps", str(request.steps), "--seed", str(request.seed), "--device", device,
-             "--strip", "--out", str(out)]
+    argv += [
+        "--guidance-text",
+        f"{request.s_text:g}",
+        "--guidance-image",
+        f"{request.s_image:g}",
+        "--steps",
+        str(request.steps),
+        "--seed",
+        str(request.seed),
+        "--device",
+        device,
+        "--strip",
+        "--out",
+        str(out),
+    ]
     return argv
 
 
@@ -264,15 +281,25 @@ def build_blocks(studio: Studio):
                 raise gr.Error(f"{name!r} is not an image PIL can read; use PNG, JPEG or WebP") from None
 
     def generate(image, prompt, mode, s_text, s_image, steps, seed, prompt2, progress=gr.Progress()):
-        request = Request(mode=mode, image=image, prompt=prompt or "", prompt2=prompt2 or "", s_text=s_text,
-                          s_image=s_image, steps=steps, seed=seed)
+        request = Request(
+            mode=mode,
+            image=image,
+            prompt=prompt or "",
+            prompt2=prompt2 or "",
+            s_text=s_text,
+            s_image=s_image,
+            steps=steps,
+            seed=seed,
+        )
         try:
             return studio.generate(request, progress)
         except DVError as e:
             raise gr.Error(str(e)) from None
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
-            raise gr.Error("the device ran out of memory on this request (see the server's log); it is free again") from None
+            raise gr.Error(
+                "the device ran out of memory on this request (see the server's log); it is free again"
+            ) from None
 
     defaults = studio.defaults
     with gr.Blocks(title="dv app", analytics_enabled=False) as blocks:
@@ -282,10 +309,19 @@ def build_blocks(studio: Studio):
         )
         with gr.Row():
             with gr.Column():
-                image = ReferenceImage(label="Reference image (image modes)", type="filepath", format="png",
-                                       sources=["upload", "clipboard"], elem_id="reference-image")
-                prompt = gr.Textbox(label="Prompt (text modes)", lines=2, elem_id="prompt",
-                                    placeholder="the camera pans left over a photo of a rocket on a launch pad")
+                image = ReferenceImage(
+                    label="Reference image (image modes)",
+                    type="filepath",
+                    format="png",
+                    sources=["upload", "clipboard"],
+                    elem_id="reference-image",
+                )
+                prompt = gr.Textbox(
+                    label="Prompt (text modes)",
+                    lines=2,
+                    elem_id="prompt",
+                    placeholder="the camera pans left over a photo of a rocket on a launch pad",
+                )
                 mode = gr.Radio(list(studio.modes), value=studio.modes[-1], label="Mode")
                 with gr.Row():
                     s_text = gr.Slider(0, 20, value=defaults["s_text"], step=0.1, label="s_t: text guidance (Eq. 5)")
@@ -293,8 +329,11 @@ def build_blocks(studio: Studio):
                 with gr.Row():
                     steps = gr.Slider(1, MAX_STEPS, value=defaults["steps"], step=1, label="DDIM steps")
                     seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
-                prompt2 = gr.Textbox(label="Second prompt (optional): a second stage starts from the last frame",
-                                     lines=1, elem_id="prompt2")
+                prompt2 = gr.Textbox(
+                    label="Second prompt (optional): a second stage starts from the last frame",
+                    lines=1,
+                    elem_id="prompt2",
+                )
                 button = gr.Button("Generate", variant="primary")
             with gr.Column():
                 video = gr.Video(label="Video", format="mp4", autoplay=True, loop=True)
@@ -302,8 +341,12 @@ def build_blocks(studio: Studio):
                 settings = gr.Markdown(label="Settings")
                 command = gr.Textbox(label="Reproduce with dv sample", buttons=["copy"], interactive=False)
         gr.Examples(studio.example_photos(), inputs=[image, prompt, mode], label="Held-out photos")
-        button.click(generate, inputs=[image, prompt, mode, s_text, s_image, steps, seed, prompt2],
-                     outputs=[video, compare, settings, command], api_name="generate")
+        button.click(
+            generate,
+            inputs=[image, prompt, mode, s_text, s_image, steps, seed, prompt2],
+            outputs=[video, compare, settings, command],
+            api_name="generate",
+        )
     # One job at a time: two visitors would otherwise hold two models' activations on the device at once.
     blocks.queue(default_concurrency_limit=1)
     return blocks
@@ -312,8 +355,9 @@ def build_blocks(studio: Studio):
 def theme():
     """gradio's base theme on the system's fonts, so the page loads no font from anywhere."""
     gr = import_gradio()
-    return gr.themes.Base(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                          font_mono=["ui-monospace", "Consolas", "monospace"])
+    return gr.themes.Base(
+        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "Consolas", "monospace"]
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -322,8 +366,16 @@ def run(args: argparse.Namespace) -> None:
     studio = Studio(args.recipe, args.ckpt, args.out_dir, args.device)
     blocks = build_blocks(studio)
     try:
-        blocks.launch(server_name=args.host, server_port=args.port, share=False, theme=theme(), ssr_mode=False,
-                      allowed_paths=[str(studio.out_dir)], prevent_thread_lock=True, quiet=True)
+        blocks.launch(
+            server_name=args.host,
+            server_port=args.port,
+            share=False,
+            theme=theme(),
+            ssr_mode=False,
+            allowed_paths=[str(studio.out_dir)],
+            prevent_thread_lock=True,
+            quiet=True,
+        )
     except OSError as e:
         reason = str(e).split(". ")[0]  # gradio's first sentence; the rest names its own launch() arguments
         raise ConfigError(f"cannot serve on {args.host}:{args.port} ({reason}); pick another --port") from None

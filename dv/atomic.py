@@ -6,8 +6,8 @@ import contextlib
 import errno
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from dv.errors import ConfigError
 
@@ -43,7 +43,9 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise ConfigError(f"cannot write {str(path)!r}: a part of {str(path.parent)!r} is a file, not a folder") from None
+        raise ConfigError(
+            f"cannot write {str(path)!r}: a part of {str(path.parent)!r} is a file, not a folder"
+        ) from None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:

@@ -27,16 +27,26 @@ def _cpus() -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `dv cache-latents`."""
-    parser.add_argument("--recipe", required=True, help="the recipe whose autoencoder (and text encoder) encode the clips")
-    parser.add_argument("--shards", required=True, nargs="+", help="video shards: 'DIR/train-*.tar' or 'DIR/train-{000000..000009}.tar'")
+    parser.add_argument(
+        "--recipe", required=True, help="the recipe whose autoencoder (and text encoder) encode the clips"
+    )
+    parser.add_argument(
+        "--shards", required=True, nargs="+", help="video shards: 'DIR/train-*.tar' or 'DIR/train-{000000..000009}.tar'"
+    )
     parser.add_argument("--out", required=True, help="folder for the latent shards (named like the video shards)")
     parser.add_argument("--text", action="store_true", help="also cache the captions' text embeddings")
-    parser.add_argument("--num-frames", type=int, default=None, help="frames per clip (default: the recipe's data.num_frames)")
-    parser.add_argument("--frame-size", type=int, default=None, help="frame size (default: the recipe's data.frame_size)")
+    parser.add_argument(
+        "--num-frames", type=int, default=None, help="frames per clip (default: the recipe's data.num_frames)"
+    )
+    parser.add_argument(
+        "--frame-size", type=int, default=None, help="frame size (default: the recipe's data.frame_size)"
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="clips per encoder call (default: 8)")
     parser.add_argument("--workers", type=int, default=min(4, _cpus()), help="processes decoding video shards")
     parser.add_argument("--accelerator", default="auto", help="where the encoders run: auto, cuda, cpu (default: auto)")
-    parser.add_argument("--precision", default=None, help="Lightning precision (default: the recipe's trainer.precision)")
+    parser.add_argument(
+        "--precision", default=None, help="Lightning precision (default: the recipe's trainer.precision)"
+    )
     parser.add_argument("--num-nodes", type=int, default=1, help="machines (or processes) sharing the work")
     parser.add_argument("--node-rank", type=int, default=0, help="this one's rank: caches shards i with i %% N == R")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -102,6 +112,8 @@ def run(args: argparse.Namespace) -> CacheSummary:
     summary = build_cache(shards, encoders, cfg, quiet=args.quiet)
     print(summary.report(), file=sys.stderr)
     if summary.shards_failed:
-        raise DataError(f"{len(summary.shards_failed)} shards failed (listed above); rerun the same command to redo them")
+        raise DataError(
+            f"{len(summary.shards_failed)} shards failed (listed above); rerun the same command to redo them"
+        )
     print(f"latent shards in {args.out}: point the recipe's data.train_shards at them, e.g. {args.out}/train-*.tar")
     return summary

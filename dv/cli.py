@@ -12,7 +12,7 @@ import os
 import re
 import shlex
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from dv import __version__
 from dv.errors import ConfigError, DVError

@@ -14,7 +14,10 @@ def parameter_table(module) -> list[tuple[str, int]]:
     trainable = module.trainable_parameters()
     rows = [
         ("U-Net", count(unet.parameters())),
-        ("  temporal layers (Temp-Conv, Temp-Attn, transformer_in)", count(p for n, p in unet.named_parameters() if "temp_" in n or "transformer_in" in n)),
+        (
+            "  temporal layers (Temp-Conv, Temp-Attn, transformer_in)",
+            count(p for n, p in unet.named_parameters() if "temp_" in n or "transformer_in" in n),
+        ),
         ("autoencoder (frozen)", count(module.backbone.autoencoder.parameters())),
         ("text encoder (frozen)", count(module.backbone.text.parameters())),
     ]

@@ -165,7 +165,11 @@ def argument_error_line(message: str) -> str:
     keys: list[str] = []
     owner, detail = None, None
     for line in (raw.strip() for raw in message.splitlines()):
-        if not line or "NoneType" in line or line.startswith(("Does not validate", "Subtypes:", "Errors:", "Given value")):
+        if (
+            not line
+            or "NoneType" in line
+            or line.startswith(("Does not validate", "Subtypes:", "Errors:", "Given value"))
+        ):
             continue
         line = line.removeprefix("- ")
         key = re.match(r'Parser key "([^"]+)":\s*(.*)', line)

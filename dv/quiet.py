@@ -50,7 +50,9 @@ def _summary_without_zero_flops(summarize):
             summarize(*args, **kwargs)
         lines = captured.get().splitlines(keepends=True)
         ansi = re.compile(r"\x1b\[[0-9;]*m")
-        console.file.write("".join(line for line in lines if not re.match(r"\s*Total FLOPs: 0\s*$", ansi.sub("", line))))
+        console.file.write(
+            "".join(line for line in lines if not re.match(r"\s*Total FLOPs: 0\s*$", ansi.sub("", line)))
+        )
 
     wrapped.dv_quiet = True
     return wrapped

@@ -82,12 +82,12 @@ class Recipe:
                 self.config[key] = self._parse(key, sections[key])
 
     @classmethod
-    def load(cls, path: str) -> "Recipe":
+    def load(cls, path: str) -> Recipe:
         """The recipe file at `path`, parsed."""
         return cls(load_recipe(path), path)
 
     @classmethod
-    def from_text(cls, text: str, where: str) -> "Recipe":
+    def from_text(cls, text: str, where: str) -> Recipe:
         """A recipe kept as YAML text (in a checkpoint), parsed."""
         return cls(read_recipe_text(text, where), where)
 

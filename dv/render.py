@@ -5,8 +5,8 @@ the app parses the `dv sample` command line it shows with them, so the command r
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -24,11 +24,16 @@ from dv.recipe import Recipe
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of a sampling request (`dv sample`'s)."""
-    parser.add_argument("--recipe", default=None,
-                        help="the recipe the checkpoint was trained with (default: the one a .ckpt carries)")
-    parser.add_argument("--ckpt", required=True, help="a dv training checkpoint (.ckpt) or a `dv export` (.safetensors)")
+    parser.add_argument(
+        "--recipe", default=None, help="the recipe the checkpoint was trained with (default: the one a .ckpt carries)"
+    )
+    parser.add_argument(
+        "--ckpt", required=True, help="a dv training checkpoint (.ckpt) or a `dv export` (.safetensors)"
+    )
     parser.add_argument("--image", help="reference image (PNG/JPEG/WebP...); without it: text-to-video")
-    parser.add_argument("--prompt", action="append", help="caption; repeat for chained stages; without it: image-to-video")
+    parser.add_argument(
+        "--prompt", action="append", help="caption; repeat for chained stages; without it: image-to-video"
+    )
     parser.add_argument("--stages", type=int, default=None, help="chained stages (default: one per --prompt, or 1)")
     parser.add_argument("--guidance-text", type=float, default=SamplerConfig.s_text, help="s_t of Eq. 5")
     parser.add_argument("--guidance-image", type=float, default=SamplerConfig.s_image, help="s_i of Eq. 5")
@@ -41,8 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="out.mp4", help="the H.264 mp4 to write")
     parser.add_argument("--gif", action="store_true", help="also write a GIF beside the mp4")
     parser.add_argument("--strip", action="store_true", help="also write a PNG strip of the frames")
-    parser.add_argument("--zero-shot", action="store_true",
-                        help="TI2V-Zero: condition the frozen T2V backbone on the image without the retention branch")
+    parser.add_argument(
+        "--zero-shot",
+        action="store_true",
+        help="TI2V-Zero: condition the frozen T2V backbone on the image without the retention branch",
+    )
     parser.add_argument("--resample-steps", type=int, default=2, help="TI2V-Zero resampling steps per DDIM step")
     parser.add_argument("--no-ema", action="store_true", help="use the raw trained weights even when an EMA was kept")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -78,8 +86,12 @@ def write_outputs(frames: np.ndarray, out: str, fps: float, gif: bool, strip: bo
     return written
 
 
-def render(args: argparse.Namespace, module=None, callback: Callable[[int, int], None] | None = None,
-        recipe: Recipe | None = None) -> list[Path]:
+def render(
+    args: argparse.Namespace,
+    module=None,
+    callback: Callable[[int, int], None] | None = None,
+    recipe: Recipe | None = None,
+) -> list[Path]:
     """Sample one (possibly chained) video and write it; returns the written paths.
 
     `module` is the model already loaded from args.recipe/args.ckpt and `recipe` that recipe parsed (`dv app` loads
@@ -90,8 +102,13 @@ def render(args: argparse.Namespace, module=None, callback: Callable[[int, int],
     if recipe is None and (module is None or not (args.frames and args.size)):
         recipe = trained_recipe(args.recipe, args.ckpt)  # parsed once: the shape and the model come from it
     # The recipe's `sampling:` section (e.g. compile: true) sets how the denoiser runs; the flags set the rest.
-    config = SamplerConfig(steps=args.steps, eta=args.eta, s_text=args.guidance_text, s_image=args.guidance_image,
-                           **(recipe.sampling_settings() if recipe is not None else {}))
+    config = SamplerConfig(
+        steps=args.steps,
+        eta=args.eta,
+        s_text=args.guidance_text,
+        s_image=args.guidance_image,
+        **(recipe.sampling_settings() if recipe is not None else {}),
+    )
     config.validate()
     frames, size = (args.frames, args.size) if args.frames and args.size else recipe.video_shape()
     frames, size = args.frames or frames, args.size or size
@@ -112,8 +129,20 @@ def render(args: argparse.Namespace, module=None, callback: Callable[[int, int],
     captions = [[p] if p is not None else None for p in stage_prompts]
     if image is not None:
         image = image.to(args.device)
-    video = generate(module, mode, captions[0], image, config, [args.seed], frames=frames, size=size,
-                     next_captions=captions[1:], resample_steps=args.resample_steps, progress=True, callback=callback)
+    video = generate(
+        module,
+        mode,
+        captions[0],
+        image,
+        config,
+        [args.seed],
+        frames=frames,
+        size=size,
+        next_captions=captions[1:],
+        resample_steps=args.resample_steps,
+        progress=True,
+        callback=callback,
+    )
     written = write_outputs(video_from_model(video)[0].numpy(), args.out, args.fps, args.gif, args.strip)
     for path in written:
         print(f"wrote {path}")

@@ -37,7 +37,6 @@ from lightning.fabric.utilities.load import _METADATA_FILENAME
 from lightning.pytorch.plugins.precision.fsdp import FSDPPrecision
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
-from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from torch.distributed.fsdp import (
     FullOptimStateDictConfig,
     FullStateDictConfig,
@@ -45,6 +44,7 @@ from torch.distributed.fsdp import (
     ShardingStrategy,
     StateDictType,
 )
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
 from dv.errors import ConfigError
 from dv.models.trainable import EMA_KEY, WRAPPER_PREFIXES, check_saved, ema_entry, unwrapped_name
@@ -68,7 +68,6 @@ FROZEN_ENCODERS = ("backbone.autoencoder", "backbone.text")
 """Submodules of a dv module that FSDP leaves alone: they run under no_grad and never train."""
 
 
-
 def unit_classes(names: tuple[str, ...] | list[str] = tuple(FSDP_UNITS)) -> set[type[torch.nn.Module]]:
     """The classes of FSDP_UNITS of these names (an FSDP auto-wrap policy)."""
     import importlib
@@ -82,7 +81,7 @@ def unit_classes(names: tuple[str, ...] | list[str] = tuple(FSDP_UNITS)) -> set[
 class _NormClippingFSDPPrecision(FSDPPrecision):
     """FSDPPrecision that clips by the global gradient norm, through the root FSDP module."""
 
-    def __init__(self, plugin: FSDPPrecision, strategy: "DVFSDPStrategy") -> None:
+    def __init__(self, plugin: FSDPPrecision, strategy: DVFSDPStrategy) -> None:
         super().__init__(plugin.precision)
         # Set after: FSDPPrecision's check of a scaler given to __init__ reads self.precision before setting it.
         self.scaler = plugin.scaler
@@ -231,7 +230,9 @@ class DVFSDPStrategy(FSDPStrategy):
             saved = FileSystemReader(path).read_metadata().state_dict_metadata
             weights = {k.removeprefix("model.") for k in saved if k.startswith("model.")}
             self._check_trainable(weights, path)
-            ema = self._load_sharded_ema(path) if self._ema and any(k.startswith(f"{EMA_KEY}.") for k in saved) else None
+            ema = (
+                self._load_sharded_ema(path) if self._ema and any(k.startswith(f"{EMA_KEY}.") for k in saved) else None
+            )
             checkpoint = self._load_sharded(path, weights, weights_only)
         else:
             # weights_only=True whatever the caller asks: dv checkpoints hold plain data only, never pickled objects.

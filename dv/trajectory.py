@@ -1,6 +1,6 @@
 """`dv trajectory`: where along the DDIM trajectory a trained model loses held-out clips (dv.diffusion.trajectory).
 
-    dv trajectory --ckpt runs/demo-t2v/latest/checkpoints/last.ckpt --shards 'data/shards/camera-pans/val-*.tar'
+dv trajectory --ckpt runs/demo-t2v/latest/checkpoints/last.ckpt --shards 'data/shards/camera-pans/val-*.tar'
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from dv.diffusion.trajectory import first_clips, format_table, trajectory_table
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `dv trajectory`."""
-    parser.add_argument("--recipe", default=None,
-                        help="the recipe the checkpoint was trained with (default: the one a .ckpt carries)")
+    parser.add_argument(
+        "--recipe", default=None, help="the recipe the checkpoint was trained with (default: the one a .ckpt carries)"
+    )
     parser.add_argument("--ckpt", required=True, help="a dv checkpoint (.ckpt) or export (.safetensors)")
     parser.add_argument("--shards", required=True, help="held-out video shards")
     parser.add_argument("--clips", type=int, default=8, help="how many clips of the shards")

@@ -57,8 +57,10 @@ class SyncCounter(TorchFunctionMode):
             index = args[1]
             if _is_bool_index(index):
                 self._record(f"{name}[bool mask]")
-            elif any(isinstance(i, torch.Tensor) and i.ndim == 0 and not i.is_floating_point()
-                     for i in (index if isinstance(index, tuple) else (index,))):
+            elif any(
+                isinstance(i, torch.Tensor) and i.ndim == 0 and not i.is_floating_point()
+                for i in (index if isinstance(index, tuple) else (index,))
+            ):
                 self._record(f"{name}[0-dim tensor]")
         elif name in ("to", "cuda", "copy_") and not kwargs.get("non_blocking", False):
             source = _device_of(args[1]) if name == "copy_" and len(args) > 1 else _device_of(args[0])

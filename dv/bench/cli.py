@@ -1,6 +1,6 @@
 """`dv bench`: one recipe's speed figures, dv beside the plainest diffusers + torch loop doing the same work.
 
-    dv bench --recipe FILE [--what train|sample|loader|memory] [--steps N] [--batch-size B] [--explain] [--json OUT]
+dv bench --recipe FILE [--what train|sample|loader|memory] [--steps N] [--batch-size B] [--explain] [--json OUT]
 """
 
 from __future__ import annotations
@@ -23,25 +23,47 @@ GIB = 2**30
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `dv bench`."""
     parser.add_argument("--recipe", required=True, help="the recipe whose model, batch and precision are measured")
-    parser.add_argument("--what", choices=("train", "sample", "loader", "memory"), default="train",
-                        help="a training step, sampling one batch of videos, the data loader, or an estimate of a "
-                             "training step's memory per activation-checkpointing choice (meta device, no compute)")
-    parser.add_argument("--steps", type=int, default=10,
-                        help="timed repetitions (training steps, videos, loader epochs); the median is reported")
+    parser.add_argument(
+        "--what",
+        choices=("train", "sample", "loader", "memory"),
+        default="train",
+        help="a training step, sampling one batch of videos, the data loader, or an estimate of a "
+        "training step's memory per activation-checkpointing choice (meta device, no compute)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=10,
+        help="timed repetitions (training steps, videos, loader epochs); the median is reported",
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions first (compilation, allocator)")
     parser.add_argument("--batch-size", type=int, default=None, help="clips per step (default: the recipe's)")
     parser.add_argument("--ddim-steps", type=int, default=50, help="denoising steps per video (--what sample)")
     parser.add_argument("--loader-batches", type=int, default=20, help="batches per timed loader epoch (--what loader)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cuda, cuda:N or cpu (default: cuda when torch sees one)")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cuda, cuda:N or cpu (default: cuda when torch sees one)",
+    )
     parser.add_argument("--no-plain", action="store_true", help="skip the plain loop (and the ratio)")
-    parser.add_argument("--latents", action="store_true",
-                        help="train from a latent batch (as from `dv cache-latents --text` shards): no VAE or text encoder in the step")
-    parser.add_argument("--channels-last", action="store_true", help="convolution weights in channels-last layout (both loops)")
-    parser.add_argument("--cudnn-benchmark", action="store_true",
-                        help="torch.backends.cudnn.benchmark = True, as a recipe's trainer.benchmark: true (both loops)")
-    parser.add_argument("--explain", action="store_true",
-                        help="instead of timing: torch._dynamo.explain of the denoiser (graphs, graph breaks, reasons)")
+    parser.add_argument(
+        "--latents",
+        action="store_true",
+        help="train from a latent batch (as from `dv cache-latents --text` shards): no VAE or text encoder in the step",
+    )
+    parser.add_argument(
+        "--channels-last", action="store_true", help="convolution weights in channels-last layout (both loops)"
+    )
+    parser.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="torch.backends.cudnn.benchmark = True, as a recipe's trainer.benchmark: true (both loops)",
+    )
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="instead of timing: torch._dynamo.explain of the denoiser (graphs, graph breaks, reasons)",
+    )
     parser.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
 
 
@@ -101,8 +123,10 @@ def bench_sample(work, args) -> dict:
     if not args.no_plain:
         plain_run = plain.sample_video(work, args.ddim_steps, s_text, s_image)
         reset_peak_memory(work.device)
-        result["plain"] = {"times": plain.time_calls(plain_run, work.device, args.warmup, args.steps),
-                           "peak_memory_gib": _memory(work)[0]}
+        result["plain"] = {
+            "times": plain.time_calls(plain_run, work.device, args.warmup, args.steps),
+            "peak_memory_gib": _memory(work)[0],
+        }
     reset_peak_memory(work.device)
     times = plain.time_calls(run, work.device, args.warmup, args.steps)
     memory, what = _memory(work)
@@ -119,13 +143,24 @@ def report(work, args, result: dict) -> dict:
     unit = {"train": "step", "sample": "video"}[args.what]
     peak = peak_bf16_flops(work.device)
     figures: dict = {
-        "what": args.what, "recipe": args.recipe, "model": type(work.module).__name__, "device": device_name(work.device),
-        "setting": work.describe(), "batch_size": work.batch_size, "steps": args.steps, "warmup": args.warmup,
-        "flops_per_step": result.get("flops_per_step"), "peak_flops": peak, "memory_measure": result["memory_measure"],
+        "what": args.what,
+        "recipe": args.recipe,
+        "model": type(work.module).__name__,
+        "device": device_name(work.device),
+        "setting": work.describe(),
+        "batch_size": work.batch_size,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "flops_per_step": result.get("flops_per_step"),
+        "peak_flops": peak,
+        "memory_measure": result["memory_measure"],
     }
     print(f"dv bench · {args.what} · {args.recipe} ({figures['model']}, random weights, synthetic batch)")
     print(f"device            {figures['device']}")
-    print(f"setting           {figures['setting']}" + (f", {args.ddim_steps} DDIM steps per video" if args.what == "sample" else ""))
+    print(
+        f"setting           {figures['setting']}"
+        + (f", {args.ddim_steps} DDIM steps per video" if args.what == "sample" else "")
+    )
     flops = result.get("flops_per_step")
     for name in ("dv", "plain"):
         if name not in result:
@@ -134,13 +169,18 @@ def report(work, args, result: dict) -> dict:
         seconds = _median(r["times"])
         label = r.get("path", "plain diffusers + torch loop")
         figures[name] = {
-            "seconds_per_step": seconds, "clips_per_s": work.batch_size / seconds, "times": r["times"],
-            "peak_memory_gib": r["peak_memory_gib"], "path": label,
+            "seconds_per_step": seconds,
+            "clips_per_s": work.batch_size / seconds,
+            "times": r["times"],
+            "peak_memory_gib": r["peak_memory_gib"],
+            "path": label,
             "tflops_per_s": flops / seconds / 1e12 if flops else None,
             "mfu": mfu(flops, seconds, peak) if flops else None,
         }
         f = figures[name]
-        print(f"{name + ' s/' + unit:<18}{seconds:.4f} (median of {len(r['times'])} after {args.warmup} warm-up; {label})")
+        print(
+            f"{name + ' s/' + unit:<18}{seconds:.4f} (median of {len(r['times'])} after {args.warmup} warm-up; {label})"
+        )
         if args.what == "sample":
             print(f"{name + ' s/DDIM step':<18}{seconds / args.ddim_steps:.5f}")
         print(f"{name + ' clips/s':<18}{f['clips_per_s']:.3f}")
@@ -157,8 +197,11 @@ def report(work, args, result: dict) -> dict:
     if peak is None:
         print(f"{'MFU':<18}no MFU ({'CPU' if work.device.type == 'cpu' else 'GPU not in the peak table'})")
     else:
-        print(f"{'MFU':<18}" + ", ".join(f"{n} {100 * figures[n]['mfu']:.1f}%" for n in ("dv", "plain") if n in figures)
-              + f" of {peak / 1e12:.1f} TFLOP/s dense bf16")
+        print(
+            f"{'MFU':<18}"
+            + ", ".join(f"{n} {100 * figures[n]['mfu']:.1f}%" for n in ("dv", "plain") if n in figures)
+            + f" of {peak / 1e12:.1f} TFLOP/s dense bf16"
+        )
     return figures
 
 
@@ -171,13 +214,23 @@ def run_loader(args) -> dict:
     b = r["shape"][0]
     print(f"dv bench · loader · {args.recipe} (VideoDataModule, {r['workers']} workers)")
     print(f"device            CPU: {cpu_name()}")
-    print(f"setting           batch {b} of {r.get('kind', 'uint8')} {'×'.join(map(str, r['shape'][1:]))}, {args.loader_batches} batches per epoch")
-    print(f"{'dv clips/s':<18}{r['clips_per_s']:.2f} (median of {len(r['rates'])} epochs after a warm-up epoch of {r['warmup_s']:.1f} s)")
+    print(
+        f"setting           batch {b} of {r.get('kind', 'uint8')} {'×'.join(map(str, r['shape'][1:]))}, {args.loader_batches} batches per epoch"
+    )
+    print(
+        f"{'dv clips/s':<18}{r['clips_per_s']:.2f} (median of {len(r['rates'])} epochs after a warm-up epoch of {r['warmup_s']:.1f} s)"
+    )
     print(f"{'dv s/step':<18}{b / r['clips_per_s']:.4f} (per batch)")
     print(f"{'skipped samples':<18}{r['skipped']}")
-    return {"what": "loader", "recipe": args.recipe, "device": f"CPU: {cpu_name()}",
-            "dv": {"clips_per_s": r["clips_per_s"], "seconds_per_step": b / r["clips_per_s"], "rates": r["rates"]},
-            "warmup_s": r["warmup_s"], "batch_shape": list(r["shape"]), "skipped": r["skipped"]}
+    return {
+        "what": "loader",
+        "recipe": args.recipe,
+        "device": f"CPU: {cpu_name()}",
+        "dv": {"clips_per_s": r["clips_per_s"], "seconds_per_step": b / r["clips_per_s"], "rates": r["rates"]},
+        "warmup_s": r["warmup_s"],
+        "batch_shape": list(r["shape"]),
+        "skipped": r["skipped"],
+    }
 
 
 def run_explain(args) -> dict:
@@ -191,8 +244,13 @@ def run_explain(args) -> dict:
     print(f"setting           {work.describe()}")
     for line in explain_lines(out):
         print(line)
-    return {"what": "explain", "recipe": args.recipe, "graph_count": out.graph_count,
-            "graph_break_count": out.graph_break_count, "break_reasons": [r.reason for r in out.break_reasons]}
+    return {
+        "what": "explain",
+        "recipe": args.recipe,
+        "graph_count": out.graph_count,
+        "graph_break_count": out.graph_break_count,
+        "break_reasons": [r.reason for r in out.break_reasons],
+    }
 
 
 def run_memory(args) -> dict:
@@ -203,20 +261,45 @@ def run_memory(args) -> dict:
     module, frames, size, batch, bf16 = meta_workload(args.recipe, args.batch_size)
     rows = estimate(module, batch, frames, size, bf16)
     recipe_choice = module.backbone_config.checkpointing
-    print(f"dv bench · memory · {args.recipe} ({type(module).__name__}): one training step, estimated on the meta device")
-    print(f"setting           batch {batch} × {frames} frames × {size}×{size}, {'bf16-mixed' if bf16 else 'fp32'}; "
-          f"the recipe checkpoints: {recipe_choice}")
-    print(f"{'checkpointing':<15}{'activations':>12}{'weights':>10}{'grads':>10}{'optimizer':>10}{'bf16 copies':>12}{'total':>10}  GiB")
+    print(
+        f"dv bench · memory · {args.recipe} ({type(module).__name__}): one training step, estimated on the meta device"
+    )
+    print(
+        f"setting           batch {batch} × {frames} frames × {size}×{size}, {'bf16-mixed' if bf16 else 'fp32'}; "
+        f"the recipe checkpoints: {recipe_choice}"
+    )
+    print(
+        f"{'checkpointing':<15}{'activations':>12}{'weights':>10}{'grads':>10}{'optimizer':>10}{'bf16 copies':>12}{'total':>10}  GiB"
+    )
     for r in rows:
-        print(f"{r.choice:<15}{r.activations / GIB:>12.2f}{r.weights / GIB:>10.2f}{r.gradients / GIB:>10.2f}"
-              f"{r.optimizer / GIB:>10.2f}{r.autocast_copies / GIB:>12.2f}{r.total / GIB:>10.2f}")
-    print("(a floor: saved tensors counted exactly, plus the largest checkpointed block's recomputation; "
-          "no allocator overhead or gradients in flight)")
-    return {"what": "memory", "recipe": args.recipe, "batch_size": batch, "frames": frames, "size": size, "bf16": bf16,
-            "measure": "meta-device count of tensors saved for backward",
-            "choices": {r.choice: {"activations": r.activations, "weights": r.weights, "gradients": r.gradients,
-                                   "optimizer": r.optimizer, "autocast_copies": r.autocast_copies, "total": r.total}
-                        for r in rows}}
+        print(
+            f"{r.choice:<15}{r.activations / GIB:>12.2f}{r.weights / GIB:>10.2f}{r.gradients / GIB:>10.2f}"
+            f"{r.optimizer / GIB:>10.2f}{r.autocast_copies / GIB:>12.2f}{r.total / GIB:>10.2f}"
+        )
+    print(
+        "(a floor: saved tensors counted exactly, plus the largest checkpointed block's recomputation; "
+        "no allocator overhead or gradients in flight)"
+    )
+    return {
+        "what": "memory",
+        "recipe": args.recipe,
+        "batch_size": batch,
+        "frames": frames,
+        "size": size,
+        "bf16": bf16,
+        "measure": "meta-device count of tensors saved for backward",
+        "choices": {
+            r.choice: {
+                "activations": r.activations,
+                "weights": r.weights,
+                "gradients": r.gradients,
+                "optimizer": r.optimizer,
+                "autocast_copies": r.autocast_copies,
+                "total": r.total,
+            }
+            for r in rows
+        },
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -237,8 +320,13 @@ def run(args: argparse.Namespace) -> dict:
 
         if getattr(args, "cudnn_benchmark", False):
             torch.backends.cudnn.benchmark = True
-        work = build_workload(args.recipe, args.batch_size, args.device, latents=getattr(args, "latents", False),
-                              channels_last=getattr(args, "channels_last", False))
+        work = build_workload(
+            args.recipe,
+            args.batch_size,
+            args.device,
+            latents=getattr(args, "latents", False),
+            channels_last=getattr(args, "channels_last", False),
+        )
         result = bench_train(work, args) if args.what == "train" else bench_sample(work, args)
         figures = report(work, args, result)
     if args.json:

@@ -6,7 +6,7 @@ import logging
 import tempfile
 import time
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import lightning as L
 import torch

@@ -14,8 +14,8 @@ activations in flight during backward, and the allocator's fragmentation; so thi
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +98,7 @@ class SavedTensors:
             for value in (*args, *kwargs.values()):
                 if isinstance(value, torch.Tensor):
                     self._add(value, inside=False)
+
         return hook
 
     def _leave(self, *args) -> None:
@@ -116,7 +117,7 @@ class SavedTensors:
         return tensor
 
     @contextlib.contextmanager
-    def counting(self) -> Iterator["SavedTensors"]:
+    def counting(self) -> Iterator[SavedTensors]:
         """Within the block, saved tensors are counted."""
         try:
             with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
@@ -159,8 +160,9 @@ def saved_by_forward(module, inputs: tuple, selection=None) -> SavedTensors:
     return saved
 
 
-def estimate(module, batch: int, frames: int, size: int, bf16: bool,
-             choices: tuple | list = CHECKPOINTING_CHOICES) -> list[MemoryEstimate]:
+def estimate(
+    module, batch: int, frames: int, size: int, bf16: bool, choices: tuple | list = CHECKPOINTING_CHOICES
+) -> list[MemoryEstimate]:
     """A MemoryEstimate per checkpointing choice of a module built on the meta device (configure_model under
     torch.device('meta')), for a training step of `batch` clips of `frames` × `size`²."""
     module.train()
@@ -182,9 +184,14 @@ def estimate(module, batch: int, frames: int, size: int, bf16: bool,
         kept = saved_by_forward(module, inputs, choice)
         recompute = max((plain.per_block[name] for name in select_blocks(choice, blocks)), default=0)
         saved = kept.total
-        rows.append(MemoryEstimate(
-            choice=choice if isinstance(choice, str) else ",".join(choice),
-            weights=4 * total, gradients=4 * trainable, optimizer=4 * (2 * trainable + ema),
-            autocast_copies=2 * denoiser_params if bf16 else 0, activations=saved + recompute,
-        ))
+        rows.append(
+            MemoryEstimate(
+                choice=choice if isinstance(choice, str) else ",".join(choice),
+                weights=4 * total,
+                gradients=4 * trainable,
+                optimizer=4 * (2 * trainable + ema),
+                autocast_copies=2 * denoiser_params if bf16 else 0,
+                activations=saved + recompute,
+            )
+        )
     return rows

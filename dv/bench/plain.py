@@ -10,7 +10,7 @@ checkpointing and compile apply to both.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -51,8 +51,9 @@ def train_step(work: Workload) -> Callable[[], None]:
     module, device = work.module, work.device
     unet, branch, text_encoder = module.backbone.unet, module.branch, module.backbone.text
     params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=module.optim.lr, weight_decay=module.optim.weight_decay,
-                                  fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(
+        params, lr=module.optim.lr, weight_decay=module.optim.weight_decay, fused=device.type == "cuda"
+    )
     scheduler = DDPMScheduler.from_config(module.noise_scheduler.config)
 
     batch = work.train_batch
@@ -62,7 +63,9 @@ def train_step(work: Workload) -> Callable[[], None]:
         if "latent_mean" in batch:  # latent shards: a posterior draw instead of the VAE encoder, cached text
             mean = batch["latent_mean"].to(device, non_blocking=True).float()
             logvar = batch["latent_logvar"].to(device, non_blocking=True).float()
-            first = rearrange(batch["reference"].to(device, non_blocking=True), "b h w c -> b c h w").float() / 127.5 - 1
+            first = (
+                rearrange(batch["reference"].to(device, non_blocking=True), "b h w c -> b c h w").float() / 127.5 - 1
+            )
             b = mean.shape[0]
         else:
             video = batch["video"].to(device, non_blocking=True)
@@ -95,8 +98,13 @@ def sample_video(work: Workload, steps: int, s_text: float, s_image: float) -> C
     module, device = work.module, work.device
     unet, branch, text_encoder = module.backbone.unet, module.branch, module.backbone.text
     ae = module.backbone.autoencoder
-    scheduler = DDIMScheduler.from_config(module.noise_scheduler.config, clip_sample=False, set_alpha_to_one=False,
-                                          steps_offset=1, timestep_spacing="leading")
+    scheduler = DDIMScheduler.from_config(
+        module.noise_scheduler.config,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
     b, t, size = work.batch_size, work.batch["video"].shape[1], work.batch["video"].shape[2]
     shape = (b, ae.latent_channels, t, size // ae.downscale, size // ae.downscale)
     image = work.batch["video"][:, 0].to(device).permute(0, 3, 1, 2).float() / 127.5 - 1

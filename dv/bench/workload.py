@@ -125,7 +125,9 @@ def meta_workload(recipe_path: str, batch_size: int | None) -> tuple:
         raise ConfigError(f"--batch-size must be at least 1, not {batch_size}")
     module = recipe.build_model()
     if getattr(module, "backbone_config", None) is None:
-        raise ConfigError(f"dv bench knows modules with a backbone (T2VModule and its subclasses), not {type(module).__name__}")
+        raise ConfigError(
+            f"dv bench knows modules with a backbone (T2VModule and its subclasses), not {type(module).__name__}"
+        )
     with torch.device("meta"):
         module.configure_model()
     precision = str(recipe.trainer_args().precision or "bf16-mixed")
@@ -157,7 +159,9 @@ def build_workload(
     module = recipe.build_model()
     cfg = getattr(module, "backbone_config", None)
     if cfg is None:
-        raise ConfigError(f"dv bench knows modules with a backbone (T2VModule and its subclasses), not {type(module).__name__}")
+        raise ConfigError(
+            f"dv bench knows modules with a backbone (T2VModule and its subclasses), not {type(module).__name__}"
+        )
     # Random weights: no weight files are needed, and the timings are those of the real shapes.
     cfg.unet_weights, cfg.autoencoder.weights, cfg.text.checkpoint = [], None, None
     if compile is not None:

@@ -48,8 +48,14 @@ def write_results(
     md = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     md += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     titles = dict(COLUMNS)
-    md += ["", "Detectors: " + ("; ".join(f"{titles.get(k, k)}: {v}" for k, v in sorted((detectors or {}).items()))
-                                or "none configured (FVD, IS, CLIP-SIM and FFF_CLIP skipped)")]
+    md += [
+        "",
+        "Detectors: "
+        + (
+            "; ".join(f"{titles.get(k, k)}: {v}" for k, v in sorted((detectors or {}).items()))
+            or "none configured (FVD, IS, CLIP-SIM and FFF_CLIP skipped)"
+        ),
+    ]
     (out / "results.md").write_text("\n".join(md) + "\n")
     with open(out / "results.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)

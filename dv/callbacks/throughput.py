@@ -20,7 +20,9 @@ class ThroughputLogger(Callback):
         self._clips = 0
         self._frames = 0
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         now = time.perf_counter()
         if self._start is None:  # the first step includes start-up; measure from its end
             self._start = now
@@ -33,5 +35,9 @@ class ThroughputLogger(Callback):
             pl_module.log("perf/clips_per_sec", self._clips / elapsed, rank_zero_only=True)
             pl_module.log("perf/frames_per_sec", self._frames / elapsed, rank_zero_only=True)
             if torch.cuda.is_available() and pl_module.device.type == "cuda":
-                pl_module.log("perf/peak_memory_gib", torch.cuda.max_memory_allocated(pl_module.device) / 2**30, rank_zero_only=True)
+                pl_module.log(
+                    "perf/peak_memory_gib",
+                    torch.cuda.max_memory_allocated(pl_module.device) / 2**30,
+                    rank_zero_only=True,
+                )
             self._start, self._clips, self._frames = now, 0, 0

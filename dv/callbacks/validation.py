@@ -95,7 +95,7 @@ class VideoValidation(Callback):
             out_dir = trainer.log_dir or "."
             videos = len(self.pairs(trainer)["caption"]) * trainer.world_size
             paths = write_results(self.results, videos, out_dir, self.paper_rows, self.detectors)
-            print((Path(paths[0]).read_text()))
+            print(Path(paths[0]).read_text())
             print(f"results: {paths[0]} and {paths[1]}")
 
     # ---- work -----------------------------------------------------------------------------------------------
@@ -125,8 +125,17 @@ class VideoValidation(Callback):
         video = pairs["video"]
         frames, size = video.shape[1], video.shape[2]
         images = image_to_model(pairs["reference"].to(pl_module.device))
-        out = generate(pl_module, mode, pairs["caption"], images, self.config, seeds, frames=frames, size=size,
-                       resample_steps=self.resample_steps)
+        out = generate(
+            pl_module,
+            mode,
+            pairs["caption"],
+            images,
+            self.config,
+            seeds,
+            frames=frames,
+            size=size,
+            resample_steps=self.resample_steps,
+        )
         return video_from_model(out).cpu()
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, dict[str, float]]:
@@ -136,7 +145,9 @@ class VideoValidation(Callback):
         seeds = [self.seed + trainer.global_rank * n + i for i in range(n)]
         was_training = pl_module.training
         pl_module.eval()
-        bar = tqdm(total=n * len(self.modes), desc="validation videos", unit="video", disable=not trainer.is_global_zero)
+        bar = tqdm(
+            total=n * len(self.modes), desc="validation videos", unit="video", disable=not trainer.is_global_zero
+        )
         try:
             for mode in self.modes:
                 videos = self.generate(pl_module, mode, pairs, seeds)
@@ -185,8 +196,9 @@ class VideoValidation(Callback):
         for i in range(min(self.log_videos, len(videos))):
             add_gif(writer, f"val_{mode}/video_{i}", videos[i].numpy(), step, self.fps)
             writer.add_text(f"val_{mode}/caption_{i}", pairs["caption"][i], step)
-        writer.add_image(f"val_{mode}/reference_first_last", first_frame_grid(pairs["reference"], videos), step,
-                         dataformats="HWC")
+        writer.add_image(
+            f"val_{mode}/reference_first_last", first_frame_grid(pairs["reference"], videos), step, dataformats="HWC"
+        )
 
     @staticmethod
     def _tensorboard(trainer: L.Trainer):

@@ -46,13 +46,18 @@ def clips_video(module, clips: list[tuple[np.ndarray, str, str]]) -> torch.Tenso
 def motion_conditions(module, clips: list[tuple[np.ndarray, str, str]]) -> list:
     """For each of MOTIONS, the module's conditions (text, image) with every clip captioned with that motion."""
     video = clips_video(module, clips)
-    return [module.batch_conditions({"caption": [caption_for(photo, motion) for _, photo, _ in clips]}, video,
-                                    drop=False, generator=None) for motion in MOTIONS]
+    return [
+        module.batch_conditions(
+            {"caption": [caption_for(photo, motion) for _, photo, _ in clips]}, video, drop=False, generator=None
+        )
+        for motion in MOTIONS
+    ]
 
 
 @torch.no_grad()
-def caption_losses(module, clips: list[tuple[np.ndarray, str, str]], t: int, seed: int = 0,
-                   conditions: list | None = None) -> np.ndarray:
+def caption_losses(
+    module, clips: list[tuple[np.ndarray, str, str]], t: int, seed: int = 0, conditions: list | None = None
+) -> np.ndarray:
     """Per-clip loss (clips × MOTIONS) of the module's prediction at timestep t under each motion's caption.
 
     `clips` are (uint8 frames (T, H, W, 3), photo, motion) as `held_out_clips` gives them; the loss is the
@@ -78,8 +83,14 @@ def probe(module, clips: list[tuple[np.ndarray, str, str]], timesteps=TIMESTEPS,
     rows = []
     for t in timesteps:
         losses = caption_losses(module, clips, t, seed, conditions)
-        rows.append(dict(t=t, own_loss=float(losses[np.arange(len(clips)), truth].mean()),
-                         mean_loss=float(losses.mean()), top1=top1_rate(losses, truth)))
+        rows.append(
+            dict(
+                t=t,
+                own_loss=float(losses[np.arange(len(clips)), truth].mean()),
+                mean_loss=float(losses.mean()),
+                top1=top1_rate(losses, truth),
+            )
+        )
     return rows
 
 
@@ -94,8 +105,10 @@ def probe_table(results: dict[str, list[dict]], clips: int) -> str:
     ]
     for model, rows in results.items():
         for r in rows:
-            lines.append(f"| {model} | {r['t']} | {r['top1']:.2f} | {r['own_loss']:.5f} | {r['mean_loss']:.5f} | "
-                         f"{r['own_loss'] / r['mean_loss'] - 1:+.2%} |")
+            lines.append(
+                f"| {model} | {r['t']} | {r['top1']:.2f} | {r['own_loss']:.5f} | {r['mean_loss']:.5f} | "
+                f"{r['own_loss'] / r['mean_loss'] - 1:+.2%} |"
+            )
     return "\n".join(lines)
 
 
@@ -104,7 +117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", required=True, help="NAME=RECIPE,CKPT (repeat)")
     parser.add_argument("--val-shards", required=True, help="held-out video shards (camera-pans val split)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--timesteps", type=int, nargs="+", default=list(TIMESTEPS), help="training timesteps to probe at")
+    parser.add_argument(
+        "--timesteps", type=int, nargs="+", default=list(TIMESTEPS), help="training timesteps to probe at"
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -112,7 +127,9 @@ def run(args: argparse.Namespace) -> None:
     models = [parse_model(m) for m in args.model]
     frames, size = recipe_video_shape(models[0][1])
     clips = held_out_clips(args.val_shards, frames, size)
-    results = {name: probe(load_trained(recipe, ckpt), clips, args.timesteps, seed=args.seed) for name, recipe, ckpt in models}
+    results = {
+        name: probe(load_trained(recipe, ckpt), clips, args.timesteps, seed=args.seed) for name, recipe, ckpt in models
+    }
     print(probe_table(results, len(clips)))
 
 

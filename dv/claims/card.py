@@ -71,8 +71,10 @@ def run(args: argparse.Namespace) -> None:
     s_text = args.s_text if args.mode != "i2v" else 1.0
     figures = card_figures(module, config, args.mode, s_text, s_image, real)
     rows = figures["rows"]
-    print(f"{args.mode}, {args.steps} DDIM steps, s_t = {s_text}, s_i = {s_image}, seeds {args.seeds}: "
-          f"{len(rows)} videos of {len(config.photos)} held-out photos x 6 captions ({time.time() - started:.0f} s)")
+    print(
+        f"{args.mode}, {args.steps} DDIM steps, s_t = {s_text}, s_i = {s_image}, seeds {args.seeds}: "
+        f"{len(rows)} videos of {len(config.photos)} held-out photos x 6 captions ({time.time() - started:.0f} s)"
+    )
     print(f"motion accuracy {figures['accuracy']:.2f} (chance {CHANCE:.2f})")
     if args.mode != "t2v":
         print(f"FFF_SSIM {figures['fff_ssim']:.3f}, first-frame PSNR {figures['psnr']:.2f} dB")

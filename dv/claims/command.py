@@ -19,23 +19,34 @@ from dv.claims.captions import probe_table
 from dv.claims.experiment import ClaimsConfig, ClaimsRun
 from dv.claims.inputs import held_out_clips, parse_model
 from dv.claims.jobs import sample_all
-from dv.claims.report import (CHANCE, ablation_table, accuracy, chained_table, comparison_table, confusion_table,
-                              figure, guidance_table)
+from dv.claims.report import (
+    CHANCE,
+    ablation_table,
+    accuracy,
+    chained_table,
+    comparison_table,
+    confusion_table,
+    figure,
+    guidance_table,
+)
 from dv.errors import ConfigError
 from dv.metrics.fvd import FVD
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `dv claims`."""
-    parser.add_argument("--model", action="append", required=True, help="NAME=RECIPE,CKPT (repeat; order = table order)")
+    parser.add_argument(
+        "--model", action="append", required=True, help="NAME=RECIPE,CKPT (repeat; order = table order)"
+    )
     parser.add_argument("--val-shards", required=True, help="held-out video shards (camera-pans val split)")
     parser.add_argument("--out", default="runs/claims")
     parser.add_argument("--figure", default=None, help="also write the figure here (e.g. docs/claims.png)")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(ClaimsConfig.seeds))
     parser.add_argument("--steps", type=int, default=ClaimsConfig.steps)
     parser.add_argument("--i3d", default=None, help="i3d_torchscript.pt for FVD (left out: FVD is not measured)")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="processes that share the sampling (each gets threads / jobs CPU threads)")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="processes that share the sampling (each gets threads / jobs CPU threads)"
+    )
     parser.add_argument("--quick", action="store_true", help="one guidance setting per model, one chain pair (tests)")
 
 
@@ -51,8 +62,10 @@ def fvd_lines(run: ClaimsRun, i3d: str | None, real: list[np.ndarray], main: tup
         metric = FVD(i3d, num_frames=frames.shape[1])
         metric.update(real_videos, real=True)
         metric.update(torch.from_numpy(frames), real=False)
-        lines.append(f"FVD ({model}, {mode}, {frames.shape[1]} frames, I3D {metric.detector_id.sha256[:12]}): "
-                     f"{float(metric.compute()):.1f}")
+        lines.append(
+            f"FVD ({model}, {mode}, {frames.shape[1]} frames, I3D {metric.detector_id.sha256[:12]}): "
+            f"{float(metric.compute()):.1f}"
+        )
     return lines
 
 
@@ -68,19 +81,34 @@ def report(run: ClaimsRun, args, command: str, seconds: float, fvd: list[str], c
         f"{c.steps} DDIM steps; {c.num_frames} frames at {c.frame_size}×{c.frame_size}; main scales s_t = {c.s_text:g}, "
         f"s_i = {c.s_image:g}. Every figure is mean ± std over the seeds (sample std). "
         f"Chance motion accuracy is {CHANCE:.2f}. The motion estimator recovers {accuracy(truth):.2f} of the "
-        f"{len(truth)} real held-out clips' motions." if truth else "",
-        "## Fidelity and text control of motion", comparison_table(run.rows, main),
-        "## Does the model read the motion caption? (training loss per caption, no sampling)", captions,
+        f"{len(truth)} real held-out clips' motions."
+        if truth
+        else "",
+        "## Fidelity and text control of motion",
+        comparison_table(run.rows, main),
+        "## Does the model read the motion caption? (training loss per caption, no sampling)",
+        captions,
     ]
     for model in image_models:
-        parts += [f"## Condition ablation ({model})", ablation_table(run.rows, model, main),
-                  f"## Guidance scales ({model}, text + image)", guidance_table(run.rows, model),
-                  f"## Confusion matrix ({model}, text + image, s_t = {c.s_text:g}, s_i = {c.s_image:g})",
-                  confusion_table([r for r in run.rows if r["model"] == model and r["mode"] == "ti2v"
-                                   and (r["s_text"], r["s_image"]) == main])]
+        parts += [
+            f"## Condition ablation ({model})",
+            ablation_table(run.rows, model, main),
+            f"## Guidance scales ({model}, text + image)",
+            guidance_table(run.rows, model),
+            f"## Confusion matrix ({model}, text + image, s_t = {c.s_text:g}, s_i = {c.s_image:g})",
+            confusion_table(
+                [
+                    r
+                    for r in run.rows
+                    if r["model"] == model and r["mode"] == "ti2v" and (r["s_text"], r["s_image"]) == main
+                ]
+            ),
+        ]
     for model in dict.fromkeys(r["model"] for r in run.rows if r["mode"] == "t2v" and r["model"] not in image_models):
-        parts += [f"## Confusion matrix ({model}, text only)",
-                  confusion_table([r for r in run.rows if r["model"] == model and r["mode"] == "t2v"])]
+        parts += [
+            f"## Confusion matrix ({model}, text only)",
+            confusion_table([r for r in run.rows if r["model"] == model and r["mode"] == "t2v"]),
+        ]
     if any(r["mode"].startswith("chained") for r in run.rows):
         parts += ["## Chained two-stage inference", chained_table(run.rows)]
     parts += ["## FVD", "\n".join(fvd), "## Command", f"`{command}` ({seconds / 60:.1f} min)"]

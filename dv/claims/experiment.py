@@ -61,8 +61,12 @@ def first_frame_scores(videos: np.ndarray, references: np.ndarray) -> tuple[np.n
     """PSNR (dB) and SSIM of each video's first frame against its reference: uint8 (B, T, H, W, 3) and (B, H, W, 3)."""
     first = videos[:, 0]
     # Identical frames have an infinite PSNR (TI2V-Zero starts from the reference itself); say so, don't warn.
-    psnr = np.array([np.inf if np.array_equal(r, f) else peak_signal_noise_ratio(r, f, data_range=255)
-                     for r, f in zip(references, first)])
+    psnr = np.array(
+        [
+            np.inf if np.array_equal(r, f) else peak_signal_noise_ratio(r, f, data_range=255)
+            for r, f in zip(references, first)
+        ]
+    )
     structural = ssim(torch.from_numpy(first), torch.from_numpy(references)).numpy()
     return psnr, structural
 
@@ -106,8 +110,18 @@ class ClaimsRun:
         for i, (photo, motion, seed) in enumerate(requests):
             estimate = estimate_motion(frames[i])
             self.rows.append(
-                dict(model=model, mode=mode, photo=photo, motion=motion, seed=seed, s_text=s_text, s_image=s_image,
-                     psnr=float(psnr[i]), ssim=float(structural[i]), predicted=estimate.label)
+                dict(
+                    model=model,
+                    mode=mode,
+                    photo=photo,
+                    motion=motion,
+                    seed=seed,
+                    s_text=s_text,
+                    s_image=s_image,
+                    psnr=float(psnr[i]),
+                    ssim=float(structural[i]),
+                    predicted=estimate.label,
+                )
             )
             shown = (mode, s_text, s_image) == self.figure_setting
             if shown and photo == self.config.figure_photo and seed == self.config.seeds[0]:
@@ -116,9 +130,18 @@ class ClaimsRun:
     # ---- sampling ---------------------------------------------------------------------------------------------
     def generate(self, module, mode: str, captions, images, config: SamplerConfig, seeds, next_captions=()):
         """`dv.diffusion.pipeline.generate` at the experiment's video shape."""
-        return generate(module, mode, captions, images, config, seeds, frames=self.config.num_frames,
-                        size=self.config.frame_size, next_captions=next_captions,
-                        resample_steps=self.config.resample_steps)
+        return generate(
+            module,
+            mode,
+            captions,
+            images,
+            config,
+            seeds,
+            frames=self.config.num_frames,
+            size=self.config.frame_size,
+            next_captions=next_captions,
+            resample_steps=self.config.resample_steps,
+        )
 
     def run_setting(self, model: str, module, mode: str, s_text: float, s_image: float) -> None:
         """All photos × motions × seeds of one model, mode and pair of scales."""
@@ -137,16 +160,26 @@ class ClaimsRun:
         jobs = self.mine(list(itertools.product(self.config.photos, self.config.chain_pairs, self.config.seeds)))
         stage_captions = [[caption_for(p, pair[k]) for p, pair, _ in jobs] for k in (0, 1)]
         images = self.reference_batch([(p, None, s) for p, _, s in jobs])
-        videos = self.generate(module, "ti2v", stage_captions[0], images, config, [s for _, _, s in jobs],
-                               next_captions=stage_captions[1:])
+        videos = self.generate(
+            module, "ti2v", stage_captions[0], images, config, [s for _, _, s in jobs], next_captions=stage_captions[1:]
+        )
         frames = video_from_model(videos.cpu()).numpy()
         for (photo, (first, second), seed), video in zip(jobs, frames):
             diffs = np.abs(np.diff(video.astype(np.float64), axis=0)).mean(axis=(1, 2, 3))  # between consecutive frames
             for stage, (motion, part) in enumerate(((first, video[:t]), (second, video[t - 1 :]))):
                 self.rows.append(
-                    dict(model=model, mode=f"chained-stage{stage + 1}", photo=photo, motion=motion, seed=seed,
-                         s_text=config.s_text, s_image=config.s_image, predicted=estimate_motion(part).label,
-                         seam_diff=float(diffs[t - 1]), within_diff=float(np.delete(diffs, t - 1).mean()))
+                    dict(
+                        model=model,
+                        mode=f"chained-stage{stage + 1}",
+                        photo=photo,
+                        motion=motion,
+                        seed=seed,
+                        s_text=config.s_text,
+                        s_image=config.s_image,
+                        predicted=estimate_motion(part).label,
+                        seam_diff=float(diffs[t - 1]),
+                        within_diff=float(np.delete(diffs, t - 1).mean()),
+                    )
                 )
 
     def run_model(self, model: str, module) -> None:
@@ -169,8 +202,16 @@ class ClaimsRun:
     def ground_truth_rows(self, clips: list[tuple[np.ndarray, str, str]]) -> None:
         """Rows for real held-out clips (frames, photo, motion): the motion estimator's own accuracy."""
         for frames, photo, motion in clips:
-            self.rows.append(dict(model="ground truth", mode="real", photo=photo, motion=motion, seed=0,
-                                  predicted=estimate_motion(frames).label))
+            self.rows.append(
+                dict(
+                    model="ground truth",
+                    mode="real",
+                    photo=photo,
+                    motion=motion,
+                    seed=0,
+                    predicted=estimate_motion(frames).label,
+                )
+            )
 
 
 __all__ = ["ClaimsConfig", "ClaimsRun", "MOVES", "first_frame_scores"]

@@ -19,8 +19,12 @@ def parse_model(text: str) -> tuple[str, str, str]:
 
 def held_out_clips(pattern: str, frames: int, size: int) -> list[tuple[np.ndarray, str, str]]:
     """(frames uint8 (T, H, W, 3), photo, motion) of every clip in the held-out shards."""
-    data = VideoDataModule(train_shards=pattern, val_shards=pattern, batch_size=16, num_workers=0,
-                           num_frames=frames, frame_size=size)
+    data = VideoDataModule(
+        train_shards=pattern, val_shards=pattern, batch_size=16, num_workers=0, num_frames=frames, frame_size=size
+    )
     data.setup("validate")
-    return [(v.numpy(), m["extra"]["photo"], m["extra"]["move"])
-            for batch in data.val_dataloader() for v, m in zip(batch["video"], batch["meta"])]
+    return [
+        (v.numpy(), m["extra"]["photo"], m["extra"]["move"])
+        for batch in data.val_dataloader()
+        for v, m in zip(batch["video"], batch["meta"])
+    ]

@@ -16,8 +16,13 @@ from dv.claims.captions import probe as caption_probe
 from dv.claims.experiment import ClaimsConfig, ClaimsRun
 
 
-def sample_share(models: list[tuple[str, str, str]], config: ClaimsConfig, share: tuple[int, int], threads: int,
-                 real: list[tuple[np.ndarray, str, str]]) -> dict:
+def sample_share(
+    models: list[tuple[str, str, str]],
+    config: ClaimsConfig,
+    share: tuple[int, int],
+    threads: int,
+    real: list[tuple[np.ndarray, str, str]],
+) -> dict:
     """One process's part of the experiment: its share of every setting's videos, and the caption probe of every
     n-th model. Runs in a worker process when --jobs > 1 (its own `threads` CPU threads)."""
     torch.set_num_threads(threads)
@@ -33,8 +38,9 @@ def sample_share(models: list[tuple[str, str, str]], config: ClaimsConfig, share
     return dict(rows=run.rows, batches=run.batches, videos=run.videos, probes=probes)
 
 
-def sample_all(models: list[tuple[str, str, str]], config: ClaimsConfig, jobs: int,
-               real: list[tuple[np.ndarray, str, str]]) -> tuple[ClaimsRun, dict[str, list[dict]]]:
+def sample_all(
+    models: list[tuple[str, str, str]], config: ClaimsConfig, jobs: int, real: list[tuple[np.ndarray, str, str]]
+) -> tuple[ClaimsRun, dict[str, list[dict]]]:
     """Every model's videos and caption probe, split over `jobs` processes that share the CPU threads.
 
     Every video has its own seed, so the split does not change which videos are made. On a CPU, small kernels
@@ -47,8 +53,9 @@ def sample_all(models: list[tuple[str, str, str]], config: ClaimsConfig, jobs: i
         parts = [sample_share(models, config, (0, 1), threads, real)]
     else:
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(sample_share, models, config, (k, jobs), max(1, threads // jobs), real)
-                       for k in range(jobs)]
+            futures = [
+                pool.submit(sample_share, models, config, (k, jobs), max(1, threads // jobs), real) for k in range(jobs)
+            ]
             parts = [f.result() for f in futures]
     probes = {}
     for part in parts:

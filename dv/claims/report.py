@@ -119,9 +119,16 @@ def chained_table(rows: list[dict]) -> str:
         two = _select(rows, model=model, mode="chained-stage2")
         seam = per_seed(one, lambda rs: np.mean([r["seam_diff"] for r in rs]))
         within = per_seed(one + two, lambda rs: np.mean([r["within_diff"] for r in rs]))
-        body.append([model, spread(per_seed(one, accuracy)), spread(per_seed(two, accuracy)), spread(seam), spread(within)])
-    header = ["model", "stage 1 motion accuracy", "stage 2 motion accuracy",
-              "mean |Δ| at the seam (0–255)", "mean |Δ| within a stage (0–255)"]
+        body.append(
+            [model, spread(per_seed(one, accuracy)), spread(per_seed(two, accuracy)), spread(seam), spread(within)]
+        )
+    header = [
+        "model",
+        "stage 1 motion accuracy",
+        "stage 2 motion accuracy",
+        "mean |Δ| at the seam (0–255)",
+        "mean |Δ| within a stage (0–255)",
+    ]
     return _table(header, body)
 
 
@@ -132,8 +139,14 @@ def confusion_table(rows: list[dict]) -> str:
     return _table(["caption \\ recovered"] + list(MOTIONS), body)
 
 
-def figure(videos: dict[tuple, np.ndarray], references: dict[str, np.ndarray], photo: str, path: Path,
-           frames: tuple[int, ...] = (0, 2, 4, 7), scale: int = 3) -> Path:
+def figure(
+    videos: dict[tuple, np.ndarray],
+    references: dict[str, np.ndarray],
+    photo: str,
+    path: Path,
+    frames: tuple[int, ...] = (0, 2, 4, 7),
+    scale: int = 3,
+) -> Path:
     """PNG: for each kept (model, mode), one row per caption motion: reference | chosen frames of the video."""
     keys = list(dict.fromkeys((m, mode) for m, mode, _ in videos))  # in the order the models were sampled
     size = next(iter(videos.values())).shape[1] * scale

@@ -8,8 +8,9 @@ denoiser call; a condition whose scale is 0, or which is absent, is left out of 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

@@ -29,7 +29,9 @@ class TrainInputs:
     stride), a dropped image being white's; None for text-to-video."""
 
 
-def prediction_target(scheduler: SchedulerMixin, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def prediction_target(
+    scheduler: SchedulerMixin, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
     """What the denoiser is trained to predict for latents noised with `noise` at t: ε, or v (the scheduler's
     prediction_type)."""
     if scheduler.config.prediction_type == "epsilon":

@@ -6,7 +6,7 @@ the zero_shot mode and VideoSampler (Eq. 5 guidance, single-stage or chained) fo
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from diffusers import SchedulerMixin
@@ -59,10 +59,14 @@ class VideoSampler:
         null_image = image = None
         if self.branch is not None:
             # Image features (z_s, or DynamiCrafter's tokens and latent) are computed once per video, not at every step.
-            null_image = self.branch.encode_image(white_images(batch, self.frame_size, self.frame_size, device=self.device))
+            null_image = self.branch.encode_image(
+                white_images(batch, self.frame_size, self.frame_size, device=self.device)
+            )
             if images is not None:
                 image = self.branch.encode_image(images.to(self.device))
-        return Conditions(text=text, null_text=null_text, image=image, null_image=null_image, has_text=captions is not None)
+        return Conditions(
+            text=text, null_text=null_text, image=image, null_image=null_image, has_text=captions is not None
+        )
 
     @torch.no_grad()
     def sample(
@@ -79,7 +83,10 @@ class VideoSampler:
         if captions is None and images is None:
             raise ConfigError("give a prompt, an image, or both")
         b = len(seeds)
-        for name, n in (("prompts", len(captions) if captions is not None else b), ("images", len(images) if images is not None else b)):
+        for name, n in (
+            ("prompts", len(captions) if captions is not None else b),
+            ("images", len(images) if images is not None else b),
+        ):
             if n != b:
                 raise ConfigError(f"{n} {name} for {b} seeds")
         cond = self.conditions(captions, images, b)
@@ -88,7 +95,15 @@ class VideoSampler:
         gen_device = self.device if self.device.type == "cuda" else "cpu"
         generators = [torch.Generator(device=gen_device).manual_seed(int(s)) for s in seeds]
         latents = ddim_sample(
-            self.denoiser, self.scheduler, shape, cond, config, generators, self.device, progress=progress, callback=callback
+            self.denoiser,
+            self.scheduler,
+            shape,
+            cond,
+            config,
+            generators,
+            self.device,
+            progress=progress,
+            callback=callback,
         )
         return self.backbone.autoencoder.decode(latents).clamp(-1, 1)
 
@@ -139,8 +154,12 @@ class VideoSampler:
 
 MODES = ("t2v", "i2v", "ti2v", "zero_shot")
 """Sampling modes: text only, image only, text + image (Eq. 5), and TI2V-Zero on the backbone alone."""
-MODE_LABELS = {"t2v": "text-to-video", "i2v": "image-to-video", "ti2v": "text+image",
-               "zero_shot": "text+image, zero-shot (TI2V-Zero)"}
+MODE_LABELS = {
+    "t2v": "text-to-video",
+    "i2v": "image-to-video",
+    "ti2v": "text+image",
+    "zero_shot": "text+image, zero-shot (TI2V-Zero)",
+}
 """How pages and reports name each mode."""
 TEXT_MODES = ("t2v", "ti2v", "zero_shot")
 """Modes that read the captions."""
@@ -197,8 +216,17 @@ def generate(
     if mode == "zero_shot":
         if text is None or image is None or next_captions:
             raise ConfigError("zero_shot sampling needs a prompt and an image, in a single stage")
-        return ti2v_zero_sample(model.backbone, model.noise_scheduler, list(text), image, frames, settings, seeds,
-                                resample_steps=resample_steps, progress=progress)
+        return ti2v_zero_sample(
+            model.backbone,
+            model.noise_scheduler,
+            list(text),
+            image,
+            frames,
+            settings,
+            seeds,
+            resample_steps=resample_steps,
+            progress=progress,
+        )
     sampler = VideoSampler(model.backbone, model.branch, model.noise_scheduler, frames, size)
     if not next_captions:
         return sampler.sample(text, image, settings, seeds, progress=progress, callback=callback)

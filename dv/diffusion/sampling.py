@@ -7,8 +7,8 @@ prompts gives the same videos as the prompts one by one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from diffusers import DDIMScheduler, SchedulerMixin
@@ -16,7 +16,6 @@ from tqdm.auto import tqdm
 
 from dv.diffusion.guidance import Conditions, DenoiseFn, batched_prediction, check_scale, guidance_batch
 from dv.errors import ConfigError
-
 
 COMPILE_MODES = ("reduce-overhead", "default", "max-autotune", "max-autotune-no-cudagraphs")
 """torch.compile modes the sampler accepts; 'reduce-overhead' replays the denoiser as a CUDA graph on a GPU."""
@@ -41,7 +40,7 @@ class SamplerConfig:
     compile_mode: str = "reduce-overhead"
     """torch.compile mode of the denoiser: 'reduce-overhead' runs each step as one CUDA-graph replay on a GPU."""
 
-    def validate(self) -> "SamplerConfig":
+    def validate(self) -> SamplerConfig:
         """Raise a ConfigError for a value that cannot work."""
         if not isinstance(self.steps, int) or not 1 <= self.steps <= self.max_steps:
             raise ConfigError(f"steps must be an integer from 1 to {self.max_steps}, not {self.steps}")
@@ -51,7 +50,9 @@ class SamplerConfig:
         if not isinstance(self.compile, bool):
             raise ConfigError(f"sampling.compile must be true or false, not {self.compile!r}")
         if self.compile_mode not in COMPILE_MODES:
-            raise ConfigError(f"sampling.compile_mode must be one of {', '.join(COMPILE_MODES)}, not {self.compile_mode!r}")
+            raise ConfigError(
+                f"sampling.compile_mode must be one of {', '.join(COMPILE_MODES)}, not {self.compile_mode!r}"
+            )
         return self
 
 
@@ -66,7 +67,9 @@ def recipe_sampling(recipe: dict) -> dict:
         raise ConfigError(f"the recipe's sampling section must be a mapping such as {{compile: true}}, not {section!r}")
     unknown = sorted(set(section) - set(RECIPE_KEYS))
     if unknown:
-        raise ConfigError(f"unknown sampling setting(s) {', '.join(unknown)}; a recipe's sampling section takes {', '.join(RECIPE_KEYS)}")
+        raise ConfigError(
+            f"unknown sampling setting(s) {', '.join(unknown)}; a recipe's sampling section takes {', '.join(RECIPE_KEYS)}"
+        )
     SamplerConfig(**section).validate()
     return dict(section)
 

@@ -64,14 +64,26 @@ def sample_back(module, latents: torch.Tensor, conditions: tuple, start: int | N
         x = module.noise_scheduler.add_noise(latents, noise, torch.tensor([timesteps[0]], device=latents.device))
     # No guidance: with both scales 0 the sampler's prediction is its null slot's, which holds the clips' conditions.
     unguided = Conditions(text=text, null_text=text, null_image=image, has_text=False)
-    x = ddim_sample(module.denoiser, scheduler, tuple(x.shape), unguided, SamplerConfig(steps=steps, s_text=0.0, s_image=0.0),
-                    [generator] * x.shape[0], device=x.device, dtype=x.dtype, progress=False, start=start, latents=x)
+    x = ddim_sample(
+        module.denoiser,
+        scheduler,
+        tuple(x.shape),
+        unguided,
+        SamplerConfig(steps=steps, s_text=0.0, s_image=0.0),
+        [generator] * x.shape[0],
+        device=x.device,
+        dtype=x.dtype,
+        progress=False,
+        start=start,
+        latents=x,
+    )
     return module.backbone.autoencoder.decode(x).clamp(-1, 1), timesteps[0]
 
 
 @torch.no_grad()
-def trajectory_table(module, video: torch.Tensor, captions: list[str], starts=STARTS, steps: int = 25,
-                     seed: int = 0) -> list[TrajectoryRow]:
+def trajectory_table(
+    module, video: torch.Tensor, captions: list[str], starts=STARTS, steps: int = 25, seed: int = 0
+) -> list[TrajectoryRow]:
     """One row per start: how close the sampled-back result is to the clips (B, C, T, H, W in [-1, 1]), and how much
     fine detail it has. The clips are encoded and their conditions computed once, for every start."""
     latents = module.encode_video(video)
@@ -80,14 +92,20 @@ def trajectory_table(module, video: torch.Tensor, captions: list[str], starts=ST
     rows = []
     for start in starts:
         result, first_t = sample_back(module, latents, conditions, start, steps, seed)
-        rows.append(TrajectoryRow(start, first_t, float((result - video).pow(2).mean()), pixel_energy(result) / clip_energy))
+        rows.append(
+            TrajectoryRow(start, first_t, float((result - video).pow(2).mean()), pixel_energy(result) / clip_energy)
+        )
     return rows
 
 
 def format_table(rows: list[TrajectoryRow], clips: int, steps: int) -> str:
     """Markdown table of `trajectory_table`'s rows."""
-    lines = [f"{clips} held-out clips noised to t and sampled back with {steps}-step DDIM, no guidance.", "",
-             "| from t | error vs clip | pixel energy / clip's |", "|---|---|---|"]
+    lines = [
+        f"{clips} held-out clips noised to t and sampled back with {steps}-step DDIM, no guidance.",
+        "",
+        "| from t | error vs clip | pixel energy / clip's |",
+        "|---|---|---|",
+    ]
     for r in rows:
         start = "pure noise" if r.start is None else str(r.first_t)
         lines.append(f"| {start} | {r.error:.3f} | {r.energy_ratio:.2f}× |")
@@ -99,8 +117,9 @@ def first_clips(pattern: str, frames: int, size: int, count: int) -> tuple[torch
     from dv.data.datamodule import VideoDataModule
     from dv.models.conditions import video_to_model
 
-    data = VideoDataModule(train_shards=pattern, val_shards=pattern, batch_size=count, num_workers=0,
-                           num_frames=frames, frame_size=size)
+    data = VideoDataModule(
+        train_shards=pattern, val_shards=pattern, batch_size=count, num_workers=0, num_frames=frames, frame_size=size
+    )
     data.setup("validate")
     batch = next(iter(data.val_dataloader()), None)
     if batch is None:
@@ -109,7 +128,9 @@ def first_clips(pattern: str, frames: int, size: int, count: int) -> tuple[torch
 
 
 if __name__ == "__main__":  # the old form of `dv trajectory`, kept for one release; the command is dv/trajectory.py
-    print("python -m dv.diffusion.trajectory is deprecated and goes in the next release; use `dv trajectory`",
-          file=sys.stderr)
+    print(
+        "python -m dv.diffusion.trajectory is deprecated and goes in the next release; use `dv trajectory`",
+        file=sys.stderr,
+    )
     sys.argv[1:1] = ["trajectory"]
     runpy.run_module("dv", run_name="__main__")

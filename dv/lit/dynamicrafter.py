@@ -56,7 +56,9 @@ class DynamiCrafterModule(T2VModule):
         if stage not in STAGES:
             raise ConfigError(f"model.stage must be 'projection' or 'all', not {stage!r}")
         optim = optim or OptimConfig(lr=STAGE_LR[stage])
-        super().__init__(backbone, "all" if stage == "all" else "temporal", diffusion, optim, p_drop_text, ema_decay, seed)
+        super().__init__(
+            backbone, "all" if stage == "all" else "temporal", diffusion, optim, p_drop_text, ema_decay, seed
+        )
         if not 0.0 <= p_drop_image <= 1.0:
             raise ConfigError(f"model.p_drop_image must be in [0, 1], not {p_drop_image}")
         if frame_stride < 1:

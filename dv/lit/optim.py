@@ -10,10 +10,16 @@ if TYPE_CHECKING:  # the dataclass lives with the module that configures it
     from dv.lit.t2v import OptimConfig
 
 
-def adamw(params: list[torch.nn.Parameter], optim: "OptimConfig", fused: bool) -> torch.optim.AdamW:
+def adamw(params: list[torch.nn.Parameter], optim: OptimConfig, fused: bool) -> torch.optim.AdamW:
     """AdamW with the recipe's settings: the fused kernel when `fused`, else torch's default (foreach)."""
-    return torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
-                             weight_decay=optim.weight_decay, fused=fused or None)
+    return torch.optim.AdamW(
+        params,
+        lr=optim.lr,
+        betas=tuple(optim.betas),
+        eps=optim.eps,
+        weight_decay=optim.weight_decay,
+        fused=fused or None,
+    )
 
 
 @torch.no_grad()

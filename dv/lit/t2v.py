@@ -103,13 +103,19 @@ class T2VModule(L.LightningModule):
         if trainable not in ("temporal", "all"):
             raise ConfigError(f"model.trainable must be 'temporal' or 'all', not {trainable!r}")
         if diffusion.prediction_type not in ("epsilon", "v_prediction"):
-            raise ConfigError(f"diffusion.prediction_type must be 'epsilon' or 'v_prediction', not {diffusion.prediction_type!r}")
+            raise ConfigError(
+                f"diffusion.prediction_type must be 'epsilon' or 'v_prediction', not {diffusion.prediction_type!r}"
+            )
         if diffusion.snr_gamma is not None and not diffusion.snr_gamma > 0:
             raise ConfigError(f"diffusion.snr_gamma must be > 0 (or null for no weighting), not {diffusion.snr_gamma}")
         if diffusion.rescale_betas_zero_snr and diffusion.prediction_type != "v_prediction":
-            raise ConfigError("diffusion.rescale_betas_zero_snr needs prediction_type: v_prediction (at zero SNR ε says nothing of the clip)")
+            raise ConfigError(
+                "diffusion.rescale_betas_zero_snr needs prediction_type: v_prediction (at zero SNR ε says nothing of the clip)"
+            )
         if diffusion.timestep_spacing not in ("leading", "trailing", "linspace"):
-            raise ConfigError(f"diffusion.timestep_spacing must be 'leading', 'trailing' or 'linspace', not {diffusion.timestep_spacing!r}")
+            raise ConfigError(
+                f"diffusion.timestep_spacing must be 'leading', 'trailing' or 'linspace', not {diffusion.timestep_spacing!r}"
+            )
         if diffusion.snr_weighting not in ("hang", "diffusers"):
             raise ConfigError(f"diffusion.snr_weighting must be 'hang' or 'diffusers', not {diffusion.snr_weighting!r}")
         for name, p in (("p_drop_text", p_drop_text),):
@@ -251,7 +257,9 @@ class T2VModule(L.LightningModule):
         inputs = self.train_inputs(batch, generator, drop)
         b = inputs.latents.shape[0]
         t = torch.randint(0, self.diffusion.num_train_timesteps, (b,), generator=generator, device=generator.device)
-        noise = torch.randn(inputs.latents.shape, generator=generator, device=generator.device, dtype=inputs.latents.dtype)
+        noise = torch.randn(
+            inputs.latents.shape, generator=generator, device=generator.device, dtype=inputs.latents.dtype
+        )
         return denoising_loss(self.denoiser, self.noise_scheduler, inputs, t, noise), t
 
     def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
@@ -292,7 +300,9 @@ class T2VModule(L.LightningModule):
         if logging:
             self._check_finite()
             # Per bucket, masked sums over the batch: one read of the counts instead of one per bucket.
-            in_bucket = (t[:, None] * n // self.diffusion.num_train_timesteps == torch.arange(n, device=t.device)).float()
+            in_bucket = (
+                t[:, None] * n // self.diffusion.num_train_timesteps == torch.arange(n, device=t.device)
+            ).float()
             sums, counts = per_sample.detach() @ in_bucket, in_bucket.sum(0)
             for name, total, count in zip(names, sums, counts.tolist()):
                 # An empty bucket is reset rather than logged: Lightning would repeat an older step's loss.
@@ -382,8 +392,13 @@ class T2VModule(L.LightningModule):
         if not gradient_clip_val:
             return
         params = [p for _, p in self.trainable_parameters() if p.grad is not None]
-        clip_gradients(params, gradient_clip_val, gradient_clip_algorithm, getattr(self, "_grad_norm", None),
-                       self._gradient_scale(optimizer))
+        clip_gradients(
+            params,
+            gradient_clip_val,
+            gradient_clip_algorithm,
+            getattr(self, "_grad_norm", None),
+            self._gradient_scale(optimizer),
+        )
 
     def optimizer_step(self, *args, **kwargs) -> None:
         # The EMA moves right after the weights, before callbacks (ModelCheckpoint) see the step.
@@ -446,7 +461,9 @@ class T2VModule(L.LightningModule):
                 sched["base_lrs"] = [self.optim.lr for _ in sched["base_lrs"]]
             if sched.get("_last_lr") and "last_epoch" in sched:
                 warmup = max(1, self.optim.warmup_steps)
-                sched["_last_lr"] = [self.optim.lr * min(1.0, (sched["last_epoch"] + 1) / warmup) for _ in sched["_last_lr"]]
+                sched["_last_lr"] = [
+                    self.optim.lr * min(1.0, (sched["last_epoch"] + 1) / warmup) for _ in sched["_last_lr"]
+                ]
 
     def trained_state_dict(self, use_ema: bool = True) -> dict[str, torch.Tensor]:
         """The trained weights (EMA ones when kept), named 'unet.*' and 'branch.*', for export."""

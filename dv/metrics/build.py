@@ -62,7 +62,9 @@ def build_metrics(config: MetricsConfig | Mapping[str, Any] | None = None) -> di
     else:
         metrics["is"] = VideoIS(load_c3d(config.c3d), num_frames=config.num_frames, num_splits=config.is_splits)
     if config.clip is None:
-        log.warning("CLIP-SIM and FFF_CLIP skipped: no CLIP checkpoint configured (metrics.clip = path to a ViT-B/32 checkpoint)")
+        log.warning(
+            "CLIP-SIM and FFF_CLIP skipped: no CLIP checkpoint configured (metrics.clip = path to a ViT-B/32 checkpoint)"
+        )
     else:
         clip = load_clip(config.clip, config.clip_model, config.clip_quick_gelu)  # loaded once, shared by both
         metrics["clip_sim"] = CLIPSim(clip)

@@ -99,8 +99,15 @@ class FFFClip(_ClipMetric):
     (B, H, W, 3), the real first frames (the reference images of image-to-video generation).
     """
 
-    def __init__(self, detector, model_name: str = "ViT-B-32", quick_gelu: bool = True, scale: float = 1.0,
-                 max_batch: int = 256, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        detector,
+        model_name: str = "ViT-B-32",
+        quick_gelu: bool = True,
+        scale: float = 1.0,
+        max_batch: int = 256,
+        **kwargs: Any,
+    ) -> None:
         """As CLIPSim, with the cosine reported unscaled by default."""
         super().__init__(detector, model_name, quick_gelu, scale, max_batch, **kwargs)
 

@@ -178,7 +178,9 @@ class ClipDetector(FrozenDetector):
         size = preprocess_cfg.get("size", 224)
         self.image_size = (size, size) if isinstance(size, int) else tuple(size)
         if self.image_size[0] != self.image_size[1] or preprocess_cfg.get("resize_mode", "shortest") != "shortest":
-            raise WeightsError(f"CLIP preprocessing {preprocess_cfg} is not the square shortest-side resize of ViT-B/32")
+            raise WeightsError(
+                f"CLIP preprocessing {preprocess_cfg} is not the square shortest-side resize of ViT-B/32"
+            )
         self.interpolation = preprocess_cfg.get("interpolation") or "bicubic"
         self.mean = tuple(preprocess_cfg["mean"])
         self.std = tuple(preprocess_cfg["std"])
@@ -249,7 +251,9 @@ def load_clip(path: PathLike | None, model_name: str = "ViT-B-32", quick_gelu: b
 
     file = _require_file(path, "clip")
     if open_clip.get_model_config(model_name) is None:
-        raise WeightsError(f"unknown open_clip model {model_name!r}; use one of open_clip.list_models(), e.g. 'ViT-B-32'")
+        raise WeightsError(
+            f"unknown open_clip model {model_name!r}; use one of open_clip.list_models(), e.g. 'ViT-B-32'"
+        )
     # open_clip logs "initialized randomly" for pretrained=None; the weights are loaded just below.
     quiet = _DropMessage("initialized randomly")
     logging.getLogger().addFilter(quiet)

@@ -59,7 +59,9 @@ class FVD(DetectorMetric):
         """Take the I3D file (path or loaded); reset_real_features=False keeps real statistics across reset()."""
         super().__init__(detector if isinstance(detector, FrozenDetector) else load_i3d(detector), **kwargs)
         if self.detector_id.kind != "i3d":
-            raise WeightsError(f"FVD needs the I3D detector, got a {self.detector_id.kind} one ({self.detector_id.path})")
+            raise WeightsError(
+                f"FVD needs the I3D detector, got a {self.detector_id.kind} one ({self.detector_id.path})"
+            )
         self.num_frames = num_frames
         self.num_features = num_features
         self.reset_real_features = reset_real_features

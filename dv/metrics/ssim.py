@@ -16,7 +16,9 @@ from dv.metrics.detectors import as_uint8
 __all__ = ["FFFSSIM", "gaussian_window", "ssim"]
 
 
-def gaussian_window(sigma: float = 1.5, truncate: float = 3.5, dtype: torch.dtype = torch.float64, device: Any = None) -> Tensor:
+def gaussian_window(
+    sigma: float = 1.5, truncate: float = 3.5, dtype: torch.dtype = torch.float64, device: Any = None
+) -> Tensor:
     """scipy.ndimage's 1-D Gaussian kernel: radius int(truncate * sigma + 0.5), normalised to sum 1."""
     radius = int(truncate * sigma + 0.5)
     x = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
@@ -37,7 +39,9 @@ def ssim(
 ) -> Tensor:
     """Per-image SSIM (B,) of (B, H, W, C) images, as skimage's structural_similarity with Gaussian weights."""
     if image1.shape != image2.shape or image1.ndim != 4:
-        raise DataError(f"SSIM needs two (B, H, W, C) batches of one shape, got {tuple(image1.shape)} and {tuple(image2.shape)}")
+        raise DataError(
+            f"SSIM needs two (B, H, W, C) batches of one shape, got {tuple(image1.shape)} and {tuple(image2.shape)}"
+        )
     window = gaussian_window(sigma, truncate, device=image1.device)
     win_size = len(window)  # skimage 0.26: truncate=3.5 with Gaussian weights, win_size = 2 * radius + 1 (11)
     if min(image1.shape[1:3]) < win_size:

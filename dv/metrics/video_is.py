@@ -75,7 +75,9 @@ class VideoIS(DetectorMetric):
         """Take the C3D file (path or loaded); seed 42 is the reference's shuffle (None keeps the order)."""
         super().__init__(detector if isinstance(detector, FrozenDetector) else load_c3d(detector), **kwargs)
         if self.detector_id.kind != "c3d":
-            raise WeightsError(f"video IS needs the C3D detector, got a {self.detector_id.kind} one ({self.detector_id.path})")
+            raise WeightsError(
+                f"video IS needs the C3D detector, got a {self.detector_id.kind} one ({self.detector_id.path})"
+            )
         self.num_frames = num_frames
         self.num_splits = num_splits
         self.seed = seed
@@ -89,7 +91,9 @@ class VideoIS(DetectorMetric):
         probs = probs.to(self.device, torch.float64)
         sums_to_one = probs.ndim == 2 and bool(((probs.sum(dim=1) - 1).abs() < 1e-3).all())
         if probs.shape[0] != len(clip) or not sums_to_one or probs.min() < 0:
-            raise WeightsError(f"{self.detector_id.path} must return class probabilities (B, classes), as c3d_ucf101.pt does")
+            raise WeightsError(
+                f"{self.detector_id.path} must return class probabilities (B, classes), as c3d_ucf101.pt does"
+            )
         self.probs.append(probs)
 
     def compute(self) -> tuple[Tensor, Tensor]:
@@ -101,4 +105,9 @@ class VideoIS(DetectorMetric):
     def report(self) -> dict[str, Any]:
         """{'value': mean, 'std', 'detector', 'sha256'}."""
         mean, std = self.compute()
-        return {"value": float(mean), "std": float(std), "detector": self.detector_id.path, "sha256": self.detector_id.sha256}
+        return {
+            "value": float(mean),
+            "std": float(std),
+            "detector": self.detector_id.path,
+            "sha256": self.detector_id.sha256,
+        }

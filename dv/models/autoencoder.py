@@ -126,7 +126,9 @@ class FrameAutoencoder(nn.Module):
             config = {k: v for k, v in self.model.config.items() if not k.startswith("_")}
         else:
             config = {"factor": self.config.factor}
-        return module_identity(self, {"kind": self.config.kind, "config": config, "scaling_factor": self.scaling_factor})
+        return module_identity(
+            self, {"kind": self.config.kind, "config": config, "scaling_factor": self.scaling_factor}
+        )
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Video (B, 3, T, H, W) in [-1, 1] from scaled latents."""

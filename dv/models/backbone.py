@@ -93,7 +93,7 @@ class Backbone(nn.Module):
             apply_compile(self.unet, branch, self.config.compile_mode, self.config.compile_regions)
         return names
 
-    def train(self, mode: bool = True) -> "Backbone":
+    def train(self, mode: bool = True) -> Backbone:
         """Switch the U-Net's mode; the frozen autoencoder and text encoder stay in eval mode."""
         self.unet.train(mode)
         return self

@@ -7,7 +7,8 @@ U-Net's inputs. The training module, `dv info`, `dv bench` and the samplers ask 
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import torch
 from diffusers import UNet3DConditionModel
@@ -24,7 +25,9 @@ class ConditioningBranch(Protocol):
         """Image features of reference images (B, 3, H, W) in [-1, 1] at frame strides (B,) (None: the family's
         default; families without stride conditioning ignore it): a tensor or a tuple of tensors, batched on dim 0."""
 
-    def unet_inputs(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, image_features: Any) -> dict:
+    def unet_inputs(
+        self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, image_features: Any
+    ) -> dict:
         """U-Net keyword arguments for these inputs: new ones (residuals, timestep_cond) or replacements (sample, context)."""
 
     def trains_unet_parameter(self, name: str, by_recipe: bool) -> bool:
@@ -66,9 +69,13 @@ class Denoiser:
         image_features: Any = None,
     ) -> torch.Tensor:
         """Model output (B, c, T, h, w) for noisy latents, timesteps (B,), text (B, L, D) and the branch's image features."""
-        return self.unet(timestep=timestep, return_dict=False, **self.unet_inputs(sample, timestep, text, image_features))[0]
+        return self.unet(
+            timestep=timestep, return_dict=False, **self.unet_inputs(sample, timestep, text, image_features)
+        )[0]
 
-    def unet_inputs(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, image_features: Any = None) -> dict:
+    def unet_inputs(
+        self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, image_features: Any = None
+    ) -> dict:
         """The U-Net's keyword arguments (less the timestep) for these inputs: the plain ones, with the branch's added."""
         inputs = {"sample": sample, "encoder_hidden_states": text}
         if self.branch is not None and image_features is not None:

@@ -44,7 +44,9 @@ class DualCrossAttnProcessor(nn.Module):
         """
         super().__init__()
         if num_text_tokens < 1 or queries < 1:
-            raise ConfigError(f"the dual cross-attention needs text and image tokens, not {num_text_tokens} and {queries}")
+            raise ConfigError(
+                f"the dual cross-attention needs text and image tokens, not {num_text_tokens} and {queries}"
+            )
         self.num_text_tokens = num_text_tokens
         self.queries = queries
         self.to_k_img = nn.Linear(attn.to_k.in_features, attn.to_k.out_features, bias=False)

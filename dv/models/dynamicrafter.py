@@ -20,8 +20,9 @@ so the zero-shot baseline still runs on it.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from diffusers import UNet3DConditionModel
@@ -95,15 +96,18 @@ class StrideEmbedding(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.proj = Timesteps(channels, flip_sin_to_cos=True, downscale_freq_shift=0)  # as the U-Net's time_proj
-        self.mlp = nn.Sequential(nn.Linear(channels, 4 * channels), nn.SiLU(), zero_module(nn.Linear(4 * channels, channels)))
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, 4 * channels), nn.SiLU(), zero_module(nn.Linear(4 * channels, channels))
+        )
 
     def forward(self, stride: torch.Tensor) -> torch.Tensor:
         """The stride's features, in the MLP's dtype."""
         return self.mlp(self.proj(stride).to(self.mlp[0].weight.dtype))
 
 
-def adapt_unet(unet: UNet3DConditionModel, reference_channels: int, num_text_tokens: int, queries: int,
-               image_scale: float = 1.0) -> None:
+def adapt_unet(
+    unet: UNet3DConditionModel, reference_channels: int, num_text_tokens: int, queries: int, image_scale: float = 1.0
+) -> None:
     """Add the reference-latent input, the dual cross-attention and the stride embedding to a (loaded) U-Net."""
     if isinstance(unet.conv_in, ReferenceConvIn):
         raise ConfigError("this U-Net is already adapted for DynamiCrafter conditioning")
@@ -193,14 +197,25 @@ class DynamiCrafterBranch(nn.Module):
         image_scale: float = 1.0,
         stage: str = "projection",
         load_weights: bool = True,
-    ) -> "DynamiCrafterBranch":
+    ) -> DynamiCrafterBranch:
         """Adapt a (loaded) U-Net (reference input, dual cross-attention, stride embedding) and build encoder + P;
         reference latents come from `autoencoder`, which stays registered where it is."""
-        branch = cls(encoder, projection, context_dim=unet.config.cross_attention_dim,
-                     encode_reference=functools.partial(reference_latent, autoencoder), frame_stride=frame_stride,
-                     load_weights=load_weights, stage=stage)
-        adapt_unet(unet, reference_channels=autoencoder.latent_channels, num_text_tokens=num_text_tokens,
-                   queries=projection.queries, image_scale=image_scale)
+        branch = cls(
+            encoder,
+            projection,
+            context_dim=unet.config.cross_attention_dim,
+            encode_reference=functools.partial(reference_latent, autoencoder),
+            frame_stride=frame_stride,
+            load_weights=load_weights,
+            stage=stage,
+        )
+        adapt_unet(
+            unet,
+            reference_channels=autoencoder.latent_channels,
+            num_text_tokens=num_text_tokens,
+            queries=projection.queries,
+            image_scale=image_scale,
+        )
         return branch
 
     def trains_unet_parameter(self, name: str, by_recipe: bool) -> bool:
@@ -215,15 +230,20 @@ class DynamiCrafterBranch(nn.Module):
         """`dv info` rows of what this family adds to the U-Net and of the branch's parts."""
         processors = list(dual_attention_processors(unet).values())
         return [
-            (f"U-Net's new image K/V and λ ({len(processors)} spatial cross-attentions)",
-             count(p for proc in processors for p in proc.parameters())),
-            ("U-Net's new stride embedding (time_embedding.cond_proj)", count(unet.time_embedding.cond_proj.parameters())),
+            (
+                f"U-Net's new image K/V and λ ({len(processors)} spatial cross-attentions)",
+                count(p for proc in processors for p in proc.parameters()),
+            ),
+            (
+                "U-Net's new stride embedding (time_embedding.cond_proj)",
+                count(unet.time_embedding.cond_proj.parameters()),
+            ),
             ("U-Net's new reference-latent weights of conv_in", count(unet.conv_in.reference.parameters())),
             ("image encoder (CLIP vision tower, frozen)", count(self.image_encoder.parameters())),
             ("projection P (query transformer)", count(self.projection.parameters())),
         ]
 
-    def train(self, mode: bool = True) -> "DynamiCrafterBranch":
+    def train(self, mode: bool = True) -> DynamiCrafterBranch:
         """P follows `mode`; the image encoder stays in eval mode."""
         super().train(mode)
         self.image_encoder.eval()
@@ -238,8 +258,9 @@ class DynamiCrafterBranch(nn.Module):
             stride = torch.full((image.shape[0],), self.frame_stride, device=image.device)
         return DynamiCrafterCondition(tokens, latent, stride.to(device=image.device, dtype=torch.float32))
 
-    def unet_inputs(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
-                    condition: DynamiCrafterCondition) -> dict[str, torch.Tensor]:
+    def unet_inputs(
+        self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, condition: DynamiCrafterCondition
+    ) -> dict[str, torch.Tensor]:
         """The U-Net's sample, context and timestep_cond for noisy latents (B, c, T, h, w) under the condition."""
         frames = sample.shape[2]
         if self.num_frames not in (1, frames):

@@ -20,7 +20,7 @@ def weights_identity(config: dict[str, Any], module: nn.Module) -> str:
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode("utf-8"))
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"\n{name}:{t.dtype}:{tuple(tensor.shape)}\n".encode("utf-8"))
+        digest.update(f"\n{name}:{t.dtype}:{tuple(tensor.shape)}\n".encode())
         digest.update(t.view(torch.uint8).numpy())
     return digest.hexdigest()
 

@@ -72,6 +72,6 @@ class ImageEncoder(nn.Module):
         _, tokens = self.tower(self.preprocess(image))
         return tokens
 
-    def train(self, mode: bool = True) -> "ImageEncoder":
+    def train(self, mode: bool = True) -> ImageEncoder:
         """The frozen encoder stays in eval mode whatever is asked."""
         return super().train(False)

@@ -138,7 +138,7 @@ def _rename(key: str, value: Tensor, rules: dict) -> tuple[str, Tensor]:
         new_prefix, kind, layer = rule
         if kind == "resnet":
             if rest.startswith("temopral_conv."):
-                return f"{new_prefix}temp_convs.{layer}.{rest[len('temopral_conv.'):]}", value
+                return f"{new_prefix}temp_convs.{layer}.{rest[len('temopral_conv.') :]}", value
             for old, new in _RESNET_RENAMES:
                 if rest.startswith(old):
                     rest = new + rest[len(old) :]

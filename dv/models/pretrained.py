@@ -95,9 +95,7 @@ def read_state_dict(
         for name in file_names:
             if (path / name).is_file():
                 return read_state_dict(path / name, file_names=file_names, published=published)
-        raise WeightsError(
-            f"Weights folder {path} holds none of {', '.join(file_names)}; expected {published}."
-        )
+        raise WeightsError(f"Weights folder {path} holds none of {', '.join(file_names)}; expected {published}.")
     if not path.is_file():
         raise WeightsError(
             f"Weights not found at {path}: expected a weights file ({', '.join(('.safetensors',) + TORCH_SUFFIXES)}) "

@@ -66,25 +66,44 @@ class EncoderHalf(nn.Module):
         time_dim = channels[0] * 4
         self.conv_in = nn.Conv2d(cfg["in_channels"], channels[0], kernel_size=3, padding=1)
         self.time_proj = Timesteps(channels[0], True, 0)
-        self.time_embedding = TimestepEmbedding(channels[0], time_dim, act_fn=cfg["act_fn"],
-                                                cond_proj_dim=cfg["time_cond_proj_dim"])
-        self.transformer_in = TransformerTemporalModel(num_attention_heads=8, attention_head_dim=cfg["attention_head_dim"],
-                                                       in_channels=channels[0], num_layers=1,
-                                                       norm_num_groups=cfg["norm_num_groups"])
+        self.time_embedding = TimestepEmbedding(
+            channels[0], time_dim, act_fn=cfg["act_fn"], cond_proj_dim=cfg["time_cond_proj_dim"]
+        )
+        self.transformer_in = TransformerTemporalModel(
+            num_attention_heads=8,
+            attention_head_dim=cfg["attention_head_dim"],
+            in_channels=channels[0],
+            num_layers=1,
+            norm_num_groups=cfg["norm_num_groups"],
+        )
         self.down_blocks = nn.ModuleList(
             get_down_block(
-                kind, num_layers=cfg["layers_per_block"], in_channels=channels[max(i - 1, 0)], out_channels=channels[i],
-                temb_channels=time_dim, add_downsample=i < len(channels) - 1, resnet_eps=cfg["norm_eps"],
-                resnet_act_fn=cfg["act_fn"], resnet_groups=cfg["norm_num_groups"],
-                cross_attention_dim=cfg["cross_attention_dim"], num_attention_heads=heads[i],
-                downsample_padding=cfg["downsample_padding"], dual_cross_attention=False,
+                kind,
+                num_layers=cfg["layers_per_block"],
+                in_channels=channels[max(i - 1, 0)],
+                out_channels=channels[i],
+                temb_channels=time_dim,
+                add_downsample=i < len(channels) - 1,
+                resnet_eps=cfg["norm_eps"],
+                resnet_act_fn=cfg["act_fn"],
+                resnet_groups=cfg["norm_num_groups"],
+                cross_attention_dim=cfg["cross_attention_dim"],
+                num_attention_heads=heads[i],
+                downsample_padding=cfg["downsample_padding"],
+                dual_cross_attention=False,
             )
             for i, kind in enumerate(cfg["down_block_types"])
         )
         self.mid_block = UNetMidBlock3DCrossAttn(
-            in_channels=channels[-1], temb_channels=time_dim, resnet_eps=cfg["norm_eps"], resnet_act_fn=cfg["act_fn"],
-            output_scale_factor=cfg["mid_block_scale_factor"], cross_attention_dim=cfg["cross_attention_dim"],
-            num_attention_heads=heads[-1], resnet_groups=cfg["norm_num_groups"], dual_cross_attention=False,
+            in_channels=channels[-1],
+            temb_channels=time_dim,
+            resnet_eps=cfg["norm_eps"],
+            resnet_act_fn=cfg["act_fn"],
+            output_scale_factor=cfg["mid_block_scale_factor"],
+            cross_attention_dim=cfg["cross_attention_dim"],
+            num_attention_heads=heads[-1],
+            resnet_groups=cfg["norm_num_groups"],
+            dual_cross_attention=False,
         )
 
 
@@ -102,7 +121,12 @@ class ImageEmbedding(nn.Module):
             )
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels[0], 3, padding=1), nn.SiLU()]
         for c_in, c_out in zip(channels[:-1], channels[1:]):
-            layers += [nn.Conv2d(c_in, c_in, 3, padding=1), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1, stride=2), nn.SiLU()]
+            layers += [
+                nn.Conv2d(c_in, c_in, 3, padding=1),
+                nn.SiLU(),
+                nn.Conv2d(c_in, c_out, 3, padding=1, stride=2),
+                nn.SiLU(),
+            ]
         self.body = nn.Sequential(*layers)
         self.out = zero_module(nn.Conv2d(channels[-1], out_channels, 3, padding=1))
 
@@ -153,8 +177,12 @@ class RetentionBranch(nn.Module):
 
     @classmethod
     def from_unet(
-        cls, unet: UNet3DConditionModel, downscale: int, fusion: str = "add", image_channels: tuple[int, ...] = (16, 32, 96, 256)
-    ) -> "RetentionBranch":
+        cls,
+        unet: UNet3DConditionModel,
+        downscale: int,
+        fusion: str = "add",
+        image_channels: tuple[int, ...] = (16, 32, 96, 256),
+    ) -> RetentionBranch:
         """A branch whose copied parts start from the U-Net's weights (ControlNet-style)."""
         branch = cls(dict(unet.config), downscale, fusion, image_channels)
         for name in ("conv_in", "time_embedding", "transformer_in", "down_blocks", "mid_block"):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import types
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -153,7 +153,9 @@ def apply_compile(unet: nn.Module, branch: nn.Module | None, mode: str | None = 
     """torch.compile the U-Net and the branch in place (``Module.compile``: names and state dicts unchanged),
     whole or per repeated layer; returns the number of compiled modules."""
     if mode not in COMPILE_MODES:
-        raise ConfigError(f"backbone.compile_mode must be one of {', '.join(str(m) for m in COMPILE_MODES)}, not {mode!r}")
+        raise ConfigError(
+            f"backbone.compile_mode must be one of {', '.join(str(m) for m in COMPILE_MODES)}, not {mode!r}"
+        )
     if regions not in COMPILE_REGIONS:
         raise ConfigError(f"backbone.compile_regions must be one of {', '.join(COMPILE_REGIONS)}, not {regions!r}")
     mode = None if mode == "default" else mode

@@ -38,7 +38,9 @@ class TextEncoder(nn.Module):
             raise ConfigError(f"text.layer must be 'penultimate' or 'last', not {config.layer!r}")
         named = open_clip.get_model_config(config.model_name)
         if named is None and config.text_cfg is None:
-            raise ConfigError(f"unknown OpenCLIP model {config.model_name!r}; give text.text_cfg or one of open_clip.list_models()")
+            raise ConfigError(
+                f"unknown OpenCLIP model {config.model_name!r}; give text.text_cfg or one of open_clip.list_models()"
+            )
         text_cfg = dict(named["text_cfg"]) if named else {}
         text_cfg.update(config.text_cfg or {})
         embed_dim = config.embed_dim or (named["embed_dim"] if named else text_cfg.get("width", 512))

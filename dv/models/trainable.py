@@ -13,7 +13,7 @@ The LightningModules' checkpoint hooks, `DVFSDPStrategy` and `dv export` all go 
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -49,7 +49,9 @@ def ema_entry(decay: float, updates: int, names: list[str], shadows: list[torch.
     return {"decay": decay, "updates": updates, "shadow": dict(zip(names, shadows))}
 
 
-def check_saved(expected: set[str], saved: set[str], source: str, whole: bool = True, writer: str | None = None) -> None:
+def check_saved(
+    expected: set[str], saved: set[str], source: str, whole: bool = True, writer: str | None = None
+) -> None:
     """WeightsError unless a checkpoint's weights `saved` cover the recipe's trainable `expected` (and, when the
     checkpoint is loaded `whole`, hold nothing else)."""
     missing = sorted(expected - saved)

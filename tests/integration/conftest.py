@@ -13,8 +13,23 @@ def pans_shards(tmp_path_factory):
     """A small camera-pans build (train and val) made by the real shard builder."""
     out = tmp_path_factory.mktemp("shards") / "camera-pans"
     subprocess.run(
-        [sys.executable, "-m", "data_prep", "build", "--source", "camera-pans", "--out", str(out),
-         "--size", "32", "--clips-per-video", "1", "--workers", "2", "-q"],
+        [
+            sys.executable,
+            "-m",
+            "data_prep",
+            "build",
+            "--source",
+            "camera-pans",
+            "--out",
+            str(out),
+            "--size",
+            "32",
+            "--clips-per-video",
+            "1",
+            "--workers",
+            "2",
+            "-q",
+        ],
         check=True,
     )
     return out

@@ -29,8 +29,14 @@ REPO = Path(__file__).resolve().parents[2]
 FRAMES, SIZE = 4, 16
 PROMPT = "the camera pans left over a photo of a rocket"
 # No request leaves this machine: analytics off for the server and the client alike.
-QUIET_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "1",
-             "OMP_NUM_THREADS": "1", "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+QUIET_ENV = {
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_OFFLINE": "1",
+    "OMP_NUM_THREADS": "1",
+    "NO_PROXY": "127.0.0.1,localhost",
+    "no_proxy": "127.0.0.1,localhost",
+}
 
 
 def tiny_model(folder: Path) -> tuple[Path, Path]:
@@ -65,8 +71,22 @@ def server(tmp_path_factory):
     recipe, export = tiny_model(folder)
     port = free_port()
     log = folder / "server.log"
-    cmd = [sys.executable, "-m", "dv", "app", "--recipe", str(recipe), "--ckpt", str(export), "--port", str(port),
-           "--out-dir", "out", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dv",
+        "app",
+        "--recipe",
+        str(recipe),
+        "--ckpt",
+        str(export),
+        "--port",
+        str(port),
+        "--out-dir",
+        "out",
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, **QUIET_ENV, "PYTHONPATH": str(REPO)}
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -112,7 +132,8 @@ def ask(**inputs):
 
 def test_two_stage_video_decodes_and_dv_sample_reproduces_it(server, client, photo, monkeypatch, capsys):
     video, compare, settings, command = client.predict(
-        **ask(image=photo, prompt=PROMPT, prompt2="the camera pans right", seed=7), api_name="/generate")
+        **ask(image=photo, prompt=PROMPT, prompt2="the camera pans right", seed=7), api_name="/generate"
+    )
     frames = decode_mp4(Path(video).read_bytes())
     assert frames.shape == (2 * FRAMES - 1, SIZE, SIZE, 3), "two chained stages share one frame"
     assert Image.open(compare).size[0] > 3 * Image.open(compare).size[1], "reference | first | last, side by side"
@@ -177,17 +198,29 @@ def test_page_renders_in_headless_chromium(server, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("chromium is not installed (apt-get install chromium)")
-    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           # Only the app's own address resolves: the page must render with nothing from outside.
-           "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", f"--user-data-dir={tmp_path / 'profile'}",
-           "--virtual-time-budget=15000", "--dump-dom", server[0]]
+    cmd = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        # Only the app's own address resolves: the page must render with nothing from outside.
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=15000",
+        "--dump-dom",
+        server[0],
+    ]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
     assert 'id="reference-image"' in dom and 'id="prompt"' in dom, dom[-2000:]
     # gradio draws the widgets client-side: the upload's file input and the prompt's textarea exist only if it ran.
-    upload = dom[dom.index('id="reference-image"'):][:5000]
+    upload = dom[dom.index('id="reference-image"') :][:5000]
     assert 'type="file"' in upload and 'accept="image/*"' in upload
-    assert "<textarea" in dom[dom.index('id="prompt"'):][:3000]
+    assert "<textarea" in dom[dom.index('id="prompt"') :][:3000]
     assert "Generate" in dom and "Held-out photos" in dom
 
 

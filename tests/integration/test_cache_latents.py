@@ -13,8 +13,14 @@ from tests.integration.test_fit import tiny_recipe
 
 TINY_KL = {
     "kind": "kl",
-    "kl": {"block_out_channels": [8, 16], "down_block_types": ["DownEncoderBlock2D"] * 2,
-           "up_block_types": ["UpDecoderBlock2D"] * 2, "norm_num_groups": 4, "layers_per_block": 1, "latent_channels": 12},
+    "kl": {
+        "block_out_channels": [8, 16],
+        "down_block_types": ["DownEncoderBlock2D"] * 2,
+        "up_block_types": ["UpDecoderBlock2D"] * 2,
+        "norm_num_groups": 4,
+        "layers_per_block": 1,
+        "latent_channels": 12,
+    },
 }
 
 
@@ -42,12 +48,26 @@ def on_latents(recipe: Path, latents: Path) -> Path:
 def test_cache_latents_then_fit(tmp_path, pans_shards, capsys):
     recipe = kl_recipe(tmp_path, pans_shards, "cached")
     latents = tmp_path / "latents"
-    args = ["cache-latents", "--recipe", str(recipe), "--shards", str(pans_shards / "train-*.tar"),
-            str(pans_shards / "val-*.tar"), "--out", str(latents), "--text", "--workers", "1", "-q"]
+    args = [
+        "cache-latents",
+        "--recipe",
+        str(recipe),
+        "--shards",
+        str(pans_shards / "train-*.tar"),
+        str(pans_shards / "val-*.tar"),
+        "--out",
+        str(latents),
+        "--text",
+        "--workers",
+        "1",
+        "-q",
+    ]
     assert dv_main(args) == 0
     stats = [read_stats(p) for p in sorted(latents.glob("*.stats.json"))]
     assert len(stats) == len(list(pans_shards.glob("*.tar")))
-    assert all(s.settings["frames"] == [4] and s.settings["sizes"] == [16] and s.settings["text_encoder"] for s in stats)
+    assert all(
+        s.settings["frames"] == [4] and s.settings["sizes"] == [16] and s.settings["text_encoder"] for s in stats
+    )
     assert len({s.settings["vae"] for s in stats}) == 1 and all(s.bytes_written > 0 for s in stats)
     capsys.readouterr()
     assert dv_main(args) == 0  # a rerun finds every shard finished

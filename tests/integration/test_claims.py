@@ -26,27 +26,57 @@ def test_claims_pipeline_writes_every_table(tmp_path, pans_shards):
     fit(t2v)
     t2v_run = tmp_path / "runs" / "t2v" / "latest"
     backbone = tmp_path / "t2v.safetensors"
-    assert dv_main(["export", "--recipe", str(t2v_run / "config.yaml"), "--ckpt", str(t2v_run / "checkpoints" / "last.ckpt"),
-                    "--out", str(backbone)]) == 0
+    assert (
+        dv_main(
+            [
+                "export",
+                "--recipe",
+                str(t2v_run / "config.yaml"),
+                "--ckpt",
+                str(t2v_run / "checkpoints" / "last.ckpt"),
+                "--out",
+                str(backbone),
+            ]
+        )
+        == 0
+    )
     dream = tiny_recipe(tmp_path, pans_shards, "dreamvideo", source="recipes/claims.yaml", max_steps=2)
     fit(dream, f"--model.init_args.backbone.unet_weights=[{backbone}]")
     dream_run = tmp_path / "runs" / "dreamvideo" / "latest"
-    crafter = tiny_recipe(tmp_path, pans_shards, "dynamicrafter", source="recipes/claims-dynamicrafter.yaml", max_steps=2)
+    crafter = tiny_recipe(
+        tmp_path, pans_shards, "dynamicrafter", source="recipes/claims-dynamicrafter.yaml", max_steps=2
+    )
     fit(crafter, f"--model.init_args.backbone.unet_weights=[{backbone}]", "--model.init_args.projection.num_frames=4")
     crafter_run = tmp_path / "runs" / "dynamicrafter" / "latest"
 
     out = tmp_path / "claims"
     args = [
-        "--model", f"T2V={t2v_run / 'config.yaml'},{backbone}",
-        "--model", f"DreamVideo={dream_run / 'config.yaml'},{dream_run / 'checkpoints' / 'last.ckpt'}",
-        "--model", f"DynamiCrafter={crafter_run / 'config.yaml'},{crafter_run / 'checkpoints' / 'last.ckpt'}",
-        "--val-shards", str(pans_shards / "val-*.tar"), "--seeds", "0", "1", "--steps", "2", "--quick",
+        "--model",
+        f"T2V={t2v_run / 'config.yaml'},{backbone}",
+        "--model",
+        f"DreamVideo={dream_run / 'config.yaml'},{dream_run / 'checkpoints' / 'last.ckpt'}",
+        "--model",
+        f"DynamiCrafter={crafter_run / 'config.yaml'},{crafter_run / 'checkpoints' / 'last.ckpt'}",
+        "--val-shards",
+        str(pans_shards / "val-*.tar"),
+        "--seeds",
+        "0",
+        "1",
+        "--steps",
+        "2",
+        "--quick",
     ]
     assert claims_main([*args, "--out", str(out)]) == 0
     text = (out / "results.md").read_text()
-    for heading in ("Fidelity and text control of motion", "Condition ablation (DreamVideo)", "Guidance scales (DreamVideo",
-                    "Confusion matrix (DreamVideo", "Confusion matrix (T2V, text only)", "Chained two-stage inference",
-                    "FVD: not measured"):
+    for heading in (
+        "Fidelity and text control of motion",
+        "Condition ablation (DreamVideo)",
+        "Guidance scales (DreamVideo",
+        "Confusion matrix (DreamVideo",
+        "Confusion matrix (T2V, text only)",
+        "Chained two-stage inference",
+        "FVD: not measured",
+    ):
         assert heading in text, heading
     assert "| T2V | text only |" in text and "| T2V | text + image, zero-shot (TI2V-Zero) |" in text
     assert "| DreamVideo | text + image |" in text and "| DynamiCrafter | text + image |" in text
@@ -56,10 +86,16 @@ def test_claims_pipeline_writes_every_table(tmp_path, pans_shards):
     assert all(0.0 <= float(r.split("|")[3]) <= 1.0 for r in probe_rows)
     rows = json.loads((out / "rows.json").read_text())
     made = {(r["model"], r["mode"]) for r in rows}
-    assert made == {("ground truth", "real"), ("T2V", "t2v"), ("T2V", "zero_shot"), ("DreamVideo", "ti2v"),
-                    ("DreamVideo", "i2v"), ("DreamVideo", "t2v"), ("DreamVideo", "chained-stage1"),
-                    ("DreamVideo", "chained-stage2")} | {("DynamiCrafter", mode) for mode in
-                                                       ("ti2v", "i2v", "t2v", "chained-stage1", "chained-stage2")}
+    assert made == {
+        ("ground truth", "real"),
+        ("T2V", "t2v"),
+        ("T2V", "zero_shot"),
+        ("DreamVideo", "ti2v"),
+        ("DreamVideo", "i2v"),
+        ("DreamVideo", "t2v"),
+        ("DreamVideo", "chained-stage1"),
+        ("DreamVideo", "chained-stage2"),
+    } | {("DynamiCrafter", mode) for mode in ("ti2v", "i2v", "t2v", "chained-stage1", "chained-stage2")}
     # 4 held-out photos x 6 captions x 2 seeds per sampled setting
     assert sum(1 for r in rows if (r["model"], r["mode"]) == ("DreamVideo", "ti2v")) == 4 * 6 * 2
     truth = [r for r in rows if r["model"] == "ground truth"]
@@ -74,8 +110,12 @@ def test_claims_pipeline_writes_every_table(tmp_path, pans_shards):
     # of a PSNR, and a few motion labels of near-still videos flipped); another seed would change a video entirely.
     # Through the command users run: workers are spawned from `python -m dv.claims`, whose functions they must import.
     split = tmp_path / "claims-jobs2"
-    done = subprocess.run([sys.executable, "-m", "dv.claims", *args, "--out", str(split), "--jobs", "2"],
-                          cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "dv.claims", *args, "--out", str(split), "--jobs", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     split_rows = json.loads((split / "rows.json").read_text())
     assert sorted(map(row_key, rows)) == sorted(map(row_key, split_rows))
@@ -101,4 +141,8 @@ def row_key(row: dict) -> tuple:
 
 def probe_lines(text: str) -> list[str]:
     """The caption probe's table rows of a results page."""
-    return [line for line in text.splitlines() if line.startswith("| ") and line.split("|")[2].strip() in map(str, TIMESTEPS)]
+    return [
+        line
+        for line in text.splitlines()
+        if line.startswith("| ") and line.split("|")[2].strip() in map(str, TIMESTEPS)
+    ]

@@ -26,7 +26,9 @@ def recipe(tmp_path: Path, shards: Path, name: str, sample_every: int) -> Path:
     data["data"]["init_args"]["num_workers"] = 1  # the worker path: each epoch's stream is seeded in the worker
     for callback in data["trainer"]["callbacks"]:
         if callback["class_path"].endswith("VideoValidation"):
-            callback["init_args"].update(every_n_steps=sample_every, num_videos=2, steps=2, modes=["ti2v"], log_videos=1)
+            callback["init_args"].update(
+                every_n_steps=sample_every, num_videos=2, steps=2, modes=["ti2v"], log_videos=1
+            )
     data["model"]["init_args"]["backbone"]["unet_weights"] = []
     path.write_text(yaml.safe_dump(data))
     return path
@@ -68,8 +70,9 @@ def test_two_runs_are_bit_identical(runs):
 
 
 def test_validation_sampling_does_not_disturb_training(runs):
-    assert_same_weights(load(runs["a"] / "checkpoints" / "last.ckpt"),
-                        load(runs["no_sampling"] / "checkpoints" / "last.ckpt"))
+    assert_same_weights(
+        load(runs["a"] / "checkpoints" / "last.ckpt"), load(runs["no_sampling"] / "checkpoints" / "last.ckpt")
+    )
     a, c = scalars(runs["a"]), scalars(runs["no_sampling"])
     assert a["train/loss"] == c["train/loss"] and a["val/loss"] == c["val/loss"]
 

@@ -54,8 +54,9 @@ ADAM_EPS = 1e-5
 def dist_recipe(tmp_path: Path, shards: Path, name: str, strategy, devices: int = 2) -> Path:
     """The tiny DreamVideo recipe on `devices` CPU processes: random backbone, one batch per epoch and a
     checkpoint at the end of each, no validation."""
-    path = tiny_recipe(tmp_path, shards, name, source="recipes/demo.yaml", max_steps=2, devices=devices,
-                       limit_val_batches=0)
+    path = tiny_recipe(
+        tmp_path, shards, name, source="recipes/demo.yaml", max_steps=2, devices=devices, limit_val_batches=0
+    )
     recipe = yaml.safe_load(path.read_text())
     recipe["data"]["init_args"]["samples_per_epoch"] = 2  # per rank: one batch of 2
     recipe["trainer"]["strategy"] = strategy
@@ -73,8 +74,14 @@ def dist_recipe(tmp_path: Path, shards: Path, name: str, strategy, devices: int 
 def dv_fit(recipe: Path, *extra: str) -> None:
     """`dv fit` in a fresh interpreter, as a user runs it; Lightning starts the other ranks from its command line."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "dv", "fit", "--recipe", str(recipe), *extra], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=400)
+    result = subprocess.run(
+        [sys.executable, "-m", "dv", "fit", "--recipe", str(recipe), *extra],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-5000:]
 
 
@@ -85,8 +92,12 @@ def checkpoint(tmp_path: Path, name: str, step: int) -> Path:
 
 def consolidated(folder: Path) -> dict:
     """A sharded checkpoint folder made one file by Lightning's tool (the README's command), loaded."""
-    subprocess.run([sys.executable, "-m", "lightning.pytorch.utilities.consolidate_checkpoint", str(folder)],
-                   check=True, capture_output=True, cwd=REPO)
+    subprocess.run(
+        [sys.executable, "-m", "lightning.pytorch.utilities.consolidate_checkpoint", str(folder)],
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+    )
     return load(Path(f"{folder}.consolidated"))
 
 
@@ -137,7 +148,9 @@ def one_process_first_step(recipe: Path):
         module._trainer = SimpleNamespace(global_rank=rank)
         torch.manual_seed(module.step_seed(0, 0, 1))
         losses, t = module.diffusion_loss(batch, module.step_generator(0, 0), drop=True)
-        per_sample.append(losses * module.loss_weights(t))  # training_step's loss (Min-SNR weights, where the recipe has them)
+        per_sample.append(
+            losses * module.loss_weights(t)
+        )  # training_step's loss (Min-SNR weights, where the recipe has them)
     module._trainer = None
     torch.cat(per_sample).mean().backward()  # equal per-rank batches: the mean of the ranks' means
     named = module.trainable_parameters()
@@ -215,8 +228,17 @@ class _Repeat(IterableDataset):
 def _grad_norm_after_one_step(**trainer) -> tuple[float, pl.LightningModule]:
     torch.manual_seed(0)
     module = tiny_dreamvideo(ema_decay=0.9)
-    fit = pl.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0, **trainer)
+    fit = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=1.0,
+        **trainer,
+    )
     fit.fit(module, DataLoader(_Repeat(), batch_size=None))
     return fit.callback_metrics["train/grad_norm"].item(), module
 
@@ -244,7 +266,7 @@ def test_the_recipes_fsdp_line_builds_the_strategy():
 
     lines = (REPO / "recipes" / "dreamvideo.yaml").read_text().splitlines()
     start = lines.index("  #   strategy:")
-    fragment = "\n".join(line.replace("#", "", 1) for line in lines[start:start + 3])
+    fragment = "\n".join(line.replace("#", "", 1) for line in lines[start : start + 3])
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(Strategy, "strategy")
     strategy = parser.instantiate(parser.parse_object(yaml.safe_load(fragment.replace("    ", "", 1)))).strategy

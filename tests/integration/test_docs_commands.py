@@ -24,9 +24,9 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -36,7 +36,8 @@ from PIL import Image
 
 from data_prep.__main__ import main as data_prep_main
 from data_prep.__main__ import make_parser as data_prep_parser
-from dv.cli import build_parser, main as dv_main
+from dv.cli import build_parser
+from dv.cli import main as dv_main
 from tests.integration.test_fit import REPO, tiny_recipe
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -88,7 +89,7 @@ def documented_lines() -> list[Line]:
 def command_words(words: list[str]) -> list[str]:
     """The words that name a line's command: `torchrun`'s own options are left out (`torchrun -m dv fit`)."""
     if words[0] == "torchrun":
-        return ["torchrun", *words[words.index("-m"):]]
+        return ["torchrun", *words[words.index("-m") :]]
     return words
 
 
@@ -103,7 +104,7 @@ PLACEHOLDERS = {"C": "last.ckpt"}
 def _lightning_argv(words: list[str]) -> list[str]:
     """`dv fit ...`, `srun dv fit ...`, `torchrun ... -m dv fit ...`: the arguments after `dv`."""
     words = command_words(words)
-    return [PLACEHOLDERS.get(w, w) for w in words[words.index("dv") + 1:]]
+    return [PLACEHOLDERS.get(w, w) for w in words[words.index("dv") + 1 :]]
 
 
 REAL_RECIPES = {
@@ -188,7 +189,9 @@ def _tiny(world_root: Path, shards: Path, source: str, name: str, version, **mod
     recipe = yaml.safe_load(path.read_text())
     path.unlink()
     recipe["trainer"]["logger"]["init_args"].update(save_dir="runs", name=name, version=version)
-    recipe["data"]["init_args"].update(train_shards="data/shards/pexels/train-*.tar", val_shards="data/shards/pexels/val-*.tar")
+    recipe["data"]["init_args"].update(
+        train_shards="data/shards/pexels/train-*.tar", val_shards="data/shards/pexels/val-*.tar"
+    )
     init = recipe["model"]["init_args"]
     init["backbone"]["unet_weights"] = []  # the tiny U-Net starts from its seed, not from pretrained/tiny-t2v
     for key, value in model.items():
@@ -209,14 +212,18 @@ def world(tmp_path_factory, pans_shards) -> World:
     (root / "data" / "shards" / "pexels").symlink_to(pans_shards)
     (root / "pretrained").symlink_to(REPO / "pretrained")
     dream = _tiny(root, pans_shards, "recipes/demo.yaml", "dreamvideo", None, retention={"image_channels": [8, 16]})
-    crafter = _tiny(root, pans_shards, "recipes/demo-dynamicrafter.yaml", "dynamicrafter", None, projection={"num_frames": 4})
+    crafter = _tiny(
+        root, pans_shards, "recipes/demo-dynamicrafter.yaml", "dynamicrafter", None, projection={"num_frames": 4}
+    )
     for name in ("dreamvideo", "demo", "eval_ucf101", "eval_msrvtt"):  # the eval recipes validate DreamVideo models
         recipe = yaml.safe_load(yaml.safe_dump(dream))
         recipe["trainer"]["logger"]["init_args"].update(name=name, version="latest" if name == "demo" else None)
         _write(root / "recipes" / f"{name}.yaml", recipe)
     for name in ("dynamicrafter", "demo-dynamicrafter"):
         recipe = yaml.safe_load(yaml.safe_dump(crafter))
-        recipe["trainer"]["logger"]["init_args"].update(name=name, version="latest" if name.startswith("demo") else None)
+        recipe["trainer"]["logger"]["init_args"].update(
+            name=name, version="latest" if name.startswith("demo") else None
+        )
         _write(root / "recipes" / f"{name}.yaml", recipe)
     shutil.copy(root / "recipes" / "dreamvideo.yaml", root / "R")
     cwd = os.getcwd()
@@ -226,14 +233,41 @@ def world(tmp_path_factory, pans_shards) -> World:
         # used folder is refused); the lines after it in docs/dynamicrafter.md use it.
         for name in ("dreamvideo", "dynamicrafter"):
             assert dv_main(["fit", "--recipe", f"recipes/{name}.yaml"]) == 0
-        assert dv_main(["export", "--recipe", "R", "--ckpt", "runs/dreamvideo/version_0/checkpoints/last.ckpt", "--out", "C.safetensors"]) == 0
-        assert dv_main(["export", "--recipe", "recipes/dynamicrafter.yaml", "--ckpt",
-                        "runs/dynamicrafter/version_0/checkpoints/last.ckpt", "--out", "runs/dynamicrafter/stage1.safetensors"]) == 0
+        assert (
+            dv_main(
+                [
+                    "export",
+                    "--recipe",
+                    "R",
+                    "--ckpt",
+                    "runs/dreamvideo/version_0/checkpoints/last.ckpt",
+                    "--out",
+                    "C.safetensors",
+                ]
+            )
+            == 0
+        )
+        assert (
+            dv_main(
+                [
+                    "export",
+                    "--recipe",
+                    "recipes/dynamicrafter.yaml",
+                    "--ckpt",
+                    "runs/dynamicrafter/version_0/checkpoints/last.ckpt",
+                    "--out",
+                    "runs/dynamicrafter/stage1.safetensors",
+                ]
+            )
+            == 0
+        )
     finally:
         os.chdir(cwd)
     last = root / "runs" / "dreamvideo" / "version_0" / "checkpoints" / "last.ckpt"
     shutil.copy(last, root / "last.ckpt")
-    shutil.copy(last, f"{last}.consolidated")  # what consolidate_checkpoint makes of a sharded one: a one-file checkpoint
+    shutil.copy(
+        last, f"{last}.consolidated"
+    )  # what consolidate_checkpoint makes of a sharded one: a one-file checkpoint
     photo = Image.fromarray(np.tile(np.linspace(0, 255, 32, dtype=np.uint8)[None, :, None], (32, 1, 3)))
     for path in ("cat.png", "photo.png", "runs/demo/rocket.png"):
         (root / path).parent.mkdir(parents=True, exist_ok=True)
@@ -255,8 +289,10 @@ def run_fit(words: list[str], world: World) -> None:
     argv = _lightning_argv(words)
     argv = [a for a in argv if not a.startswith(("--trainer.num_nodes", "--trainer.devices"))]  # 1 CPU process
     recipe = yaml.safe_load((world.root / argv[argv.index("--recipe") + 1]).read_text())
-    name = next((a.split("=", 1)[1] for a in argv if a.startswith("--trainer.logger.init_args.name=")),
-                recipe["trainer"]["logger"]["init_args"]["name"])
+    name = next(
+        (a.split("=", 1)[1] for a in argv if a.startswith("--trainer.logger.init_args.name=")),
+        recipe["trainer"]["logger"]["init_args"]["name"],
+    )
     steps = world.steps(name) + 1 if "--ckpt_path" in argv else 1
     _in_world(world, lambda: dv_main([*argv, f"--trainer.max_steps={steps}"]))
 
@@ -273,10 +309,24 @@ def run_dv(*extra: str) -> Callable[[list[str], World], None]:
 def run_torchrun(words: list[str], world: World) -> None:
     """The torchrun line on this machine: 1 node of 2 CPU processes, the same `-m dv fit` command."""
     argv = [w for w in _lightning_argv(words) if not w.startswith(("--trainer.num_nodes", "--trainer.devices"))]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2", "--node-rank=0",
-               "--master-addr=127.0.0.1", "--master-port=29517", "-m", "dv", *argv, "--trainer.num_nodes=1",
-               "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.max_steps=1",
-               "--trainer.logger.init_args.name=torchrun"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc-per-node=2",
+        "--node-rank=0",
+        "--master-addr=127.0.0.1",
+        "--master-port=29517",
+        "-m",
+        "dv",
+        *argv,
+        "--trainer.num_nodes=1",
+        "--trainer.devices=2",
+        "--trainer.accelerator=cpu",
+        "--trainer.max_steps=1",
+        "--trainer.logger.init_args.name=torchrun",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=world.root, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -287,10 +337,16 @@ def run_data_prep_build(words: list[str], world: World) -> None:
     """camera-pans is built as written (into the world), at 32 px, one clip a move, the val split."""
     words = ["python", "-m", *words[1:]] if words[0] == "dv" else words  # `dv shards` as `python -m data_prep build`
     if "camera-pans" not in words:
-        pytest.skip("needs the source's videos (Pexels, UCF-101, MSR-VTT): the flags are checked by `check`; the "
-                    "adapters are tested on small stand-in sources in tests/unit/test_data_prep.py")
-    _in_world(world, lambda: data_prep_main([*words[3:], "--size", "32", "--clips-per-video", "1", "--split", "val",
-                                             "--workers", "1", "-q"]))
+        pytest.skip(
+            "needs the source's videos (Pexels, UCF-101, MSR-VTT): the flags are checked by `check`; the "
+            "adapters are tested on small stand-in sources in tests/unit/test_data_prep.py"
+        )
+    _in_world(
+        world,
+        lambda: data_prep_main(
+            [*words[3:], "--size", "32", "--clips-per-video", "1", "--split", "val", "--workers", "1", "-q"]
+        ),
+    )
 
 
 def run_data_prep_stats(words: list[str], world: World) -> None:
@@ -318,8 +374,12 @@ FIT = StandIn(parse_lightning, run_fit)
 VALIDATE = StandIn(parse_lightning, run_dv())
 DATA_PREP_BUILD = StandIn(parse_data_prep, run_data_prep_build)
 CLAIMS = StandIn(parse_help, elsewhere("tests/integration/test_claims.py::test_claims_pipeline_writes_every_table"))
-CAPTION_PROBE = StandIn(parse_help, elsewhere("tests/unit/test_claims_captions.py::test_the_probe_sees_a_model_that_reads_the_caption"))
-TRAJECTORY = StandIn(parse_help, elsewhere("tests/unit/test_trajectory.py::test_table_has_one_row_per_start_and_is_seeded"))
+CAPTION_PROBE = StandIn(
+    parse_help, elsewhere("tests/unit/test_claims_captions.py::test_the_probe_sees_a_model_that_reads_the_caption")
+)
+TRAJECTORY = StandIn(
+    parse_help, elsewhere("tests/unit/test_trajectory.py::test_table_has_one_row_per_start_and_is_seeded")
+)
 CHECK_DATA = StandIn(parse_help, elsewhere("tests/integration/test_fit.py::test_make_demo_end_to_end"))
 
 COMMANDS: dict[str, StandIn] = {
@@ -331,15 +391,20 @@ COMMANDS: dict[str, StandIn] = {
     "dv export": StandIn(parse_dv, run_dv()),
     "dv info": StandIn(parse_dv, run_dv()),
     "dv sample": StandIn(parse_dv, run_dv("--steps", "2")),
-    "dv bench": StandIn(parse_dv, run_dv("--steps", "1", "--warmup", "0", "--ddim-steps", "2", "--loader-batches", "2")),
+    "dv bench": StandIn(
+        parse_dv, run_dv("--steps", "1", "--warmup", "0", "--ddim-steps", "2", "--loader-batches", "2")
+    ),
     "dv cache-latents": StandIn(parse_dv, run_dv("--workers", "0", "--accelerator", "cpu", "-q")),
-    "dv app": StandIn(parse_dv, elsewhere("tests/integration/test_app.py::test_two_stage_video_decodes_and_dv_sample_reproduces_it")),
+    "dv app": StandIn(
+        parse_dv, elsewhere("tests/integration/test_app.py::test_two_stage_video_decodes_and_dv_sample_reproduces_it")
+    ),
     # The shard builder: `dv shards` is its new name.
     "python -m data_prep build": DATA_PREP_BUILD,
     "dv shards": DATA_PREP_BUILD,
     "python -m data_prep stats": StandIn(parse_data_prep, run_data_prep_stats),
     "python -m lightning.pytorch.utilities.consolidate_checkpoint": StandIn(
-        parse_help, elsewhere("tests/integration/test_distributed.py::test_fsdp_full_shard_trains_as_ddp_does")),
+        parse_help, elsewhere("tests/integration/test_distributed.py::test_fsdp_full_shard_trains_as_ddp_does")
+    ),
     # Commands the Makefile runs (checked through `make -n`), under their old and new names.
     "python -m dv.claims": CLAIMS,
     "dv claims": CLAIMS,
@@ -353,8 +418,13 @@ COMMANDS: dict[str, StandIn] = {
     "make demo": StandIn(expand_make, elsewhere("tests/integration/test_fit.py::test_make_demo_end_to_end")),
     "make test": StandIn(expand_make, elsewhere("tests/integration/test_docs_commands.py::test_documented_line_runs")),
     "make shards": StandIn(expand_make, elsewhere("tests/integration/test_docs_commands.py::run_data_prep_build")),
-    "make claims": StandIn(expand_make, elsewhere("tests/integration/test_claims.py::test_claims_pipeline_writes_every_table")),
-    "make app": StandIn(expand_make, elsewhere("tests/integration/test_app.py::test_two_stage_video_decodes_and_dv_sample_reproduces_it")),
+    "make claims": StandIn(
+        expand_make, elsewhere("tests/integration/test_claims.py::test_claims_pipeline_writes_every_table")
+    ),
+    "make app": StandIn(
+        expand_make,
+        elsewhere("tests/integration/test_app.py::test_two_stage_video_decodes_and_dv_sample_reproduces_it"),
+    ),
 }
 
 
@@ -378,9 +448,13 @@ def test_every_documented_line_has_a_stand_in():
     assert not missing, "documented commands without a stand-in in COMMANDS:\n" + "\n".join(missing)
 
 
-RENAMED = {"python -m dv.claims": "dv claims", "python -m dv.claims.captions": "dv probe-captions",
-           "python -m dv.diffusion.trajectory": "dv trajectory", "python -m data_prep build": "dv shards",
-           "python -m dv.data.datamodule": "dv check-data"}
+RENAMED = {
+    "python -m dv.claims": "dv claims",
+    "python -m dv.claims.captions": "dv probe-captions",
+    "python -m dv.diffusion.trajectory": "dv trajectory",
+    "python -m data_prep build": "dv shards",
+    "python -m dv.data.datamodule": "dv check-data",
+}
 """Old command -> new name (the old stays an alias): both spellings must find the same stand-in."""
 
 

@@ -40,8 +40,26 @@ def test_demo_dynamicrafter_fits_validates_and_samples(tmp_path, pans_shards, ca
     Image.fromarray(np.full((24, 20, 3), 200, dtype=np.uint8)).save(image)
     for weights in (last, str(export)):
         out = tmp_path / f"sample-{len(weights)}.mp4"
-        assert dv_main(["sample", "--recipe", config, "--ckpt", weights, "--image", str(image), "--prompt",
-                        "the camera pans left over a photo of a cat", "--steps", "2", "--out", str(out)]) == 0
+        assert (
+            dv_main(
+                [
+                    "sample",
+                    "--recipe",
+                    config,
+                    "--ckpt",
+                    weights,
+                    "--image",
+                    str(image),
+                    "--prompt",
+                    "the camera pans left over a photo of a cat",
+                    "--steps",
+                    "2",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         assert decode_mp4(out.read_bytes()).shape == (4, 16, 16, 3)
     assert dv_main(["info", "--recipe", config]) == 0
     assert "projection P" in capsys.readouterr().out

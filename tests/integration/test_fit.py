@@ -18,13 +18,22 @@ REPO = Path(__file__).resolve().parents[2]
 def tiny_recipe(tmp_path: Path, shards: Path, name: str, source: str = "recipes/demo-t2v.yaml", **trainer) -> Path:
     """The demo recipe made smaller: 2-step epochs, no workers, checkpoints under tmp_path."""
     recipe = yaml.safe_load((REPO / source).read_text())
-    settings = dict(max_steps=4, val_check_interval=None, check_val_every_n_epoch=1, limit_val_batches=1, log_every_n_steps=1)
+    settings = dict(
+        max_steps=4, val_check_interval=None, check_val_every_n_epoch=1, limit_val_batches=1, log_every_n_steps=1
+    )
     recipe["trainer"].update({**settings, **trainer})
     recipe["trainer"]["logger"]["init_args"].update(save_dir=str(tmp_path / "runs"), name=name)
     recipe["trainer"]["callbacks"][0]["init_args"] = {"every_n_train_steps": 2, "save_last": True, "save_top_k": -1}
     data = recipe["data"]["init_args"]
-    data.update(train_shards=str(shards / "train-*.tar"), val_shards=str(shards / "val-*.tar"), batch_size=2,
-                num_workers=0, samples_per_epoch=4, num_frames=4, frame_size=16)
+    data.update(
+        train_shards=str(shards / "train-*.tar"),
+        val_shards=str(shards / "val-*.tar"),
+        batch_size=2,
+        num_workers=0,
+        samples_per_epoch=4,
+        num_frames=4,
+        frame_size=16,
+    )
     backbone = recipe["model"]["init_args"]["backbone"]
     channels = 3 * backbone["autoencoder"]["factor"] ** 2  # the recipe's space-to-depth latents
     backbone["unet"].update(in_channels=channels, out_channels=channels, block_out_channels=[16, 32], sample_size=4)
@@ -81,8 +90,20 @@ def test_checkpoint_holds_only_trainable_weights_and_exports(tmp_path, pans_shar
     assert keys and all(k.startswith("backbone.unet.") for k in keys)
     assert not any("autoencoder" in k or "text." in k for k in keys), "frozen parts do not belong in a checkpoint"
     out = tmp_path / "export.safetensors"
-    assert dv_main(["export", "--recipe", str(run / "config.yaml"), "--ckpt", str(run / "checkpoints" / "last.ckpt"),
-                    "--out", str(out)]) == 0
+    assert (
+        dv_main(
+            [
+                "export",
+                "--recipe",
+                str(run / "config.yaml"),
+                "--ckpt",
+                str(run / "checkpoints" / "last.ckpt"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     from safetensors import safe_open
 
     with safe_open(out, framework="pt") as f:
@@ -114,8 +135,15 @@ def test_make_demo_end_to_end(tmp_path):
     """The README's `make demo`, shortened to a few training steps, through the Makefile and the CLI: DreamVideo on
     the shipped backbone (pretrained/tiny-t2v), no T2V stage of its own."""
     runs = tmp_path / "runs"
-    cmd = ["make", "-C", str(REPO), "demo", f"TINY_SHARDS={tmp_path / 'shards'}", f"RUNS={runs}",
-           "FIT_ARGS=--trainer.max_steps=3 --trainer.val_check_interval=3 --trainer.limit_val_batches=1"]
+    cmd = [
+        "make",
+        "-C",
+        str(REPO),
+        "demo",
+        f"TINY_SHARDS={tmp_path / 'shards'}",
+        f"RUNS={runs}",
+        "FIT_ARGS=--trainer.max_steps=3 --trainer.val_check_interval=3 --trainer.limit_val_batches=1",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert not (runs / "demo-t2v").exists(), "the demo trains on the shipped backbone"
@@ -137,7 +165,9 @@ def test_make_demo_end_to_end(tmp_path):
     from data_prep.camera_pans import reference_view
 
     reference = np.asarray(Image.open(runs / "demo" / "rocket.png"))
-    assert np.array_equal(reference, reference_view("rocket", 256)), "the demo samples the held-out photo at the clips' scale"
+    assert np.array_equal(reference, reference_view("rocket", 256)), (
+        "the demo samples the held-out photo at the clips' scale"
+    )
     table = (runs / "demo" / "latest" / "results.md").read_text()
     assert "| t2v |" in table and "| ti2v |" in table and "FFF_SSIM" in table
     assert "| pure noise |" in result.stdout, "make demo prints where sampling loses the clip"
@@ -159,7 +189,9 @@ def test_sample_bad_input_is_one_line(tmp_path, capsys, flags, needle):
     notimage = tmp_path / "notes.png"
     notimage.write_text("hello")
     flags = [f.format(notimage=notimage) for f in flags]
-    code = dv_main(["sample", "--recipe", str(REPO / "recipes" / "demo.yaml"), "--ckpt", str(tmp_path / "x.ckpt"), *flags])
+    code = dv_main(
+        ["sample", "--recipe", str(REPO / "recipes" / "demo.yaml"), "--ckpt", str(tmp_path / "x.ckpt"), *flags]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("dv: error: ") and "\n" not in err, err
     assert needle in err
@@ -170,5 +202,16 @@ def test_validate_and_test_commands(tmp_path, pans_shards):
     fit(recipe)
     ckpt = str(tmp_path / "runs" / "vt" / "latest" / "checkpoints" / "last.ckpt")
     assert dv_main(["validate", "--recipe", str(recipe), "--ckpt_path", ckpt]) == 0
-    assert dv_main(["test", "--recipe", str(recipe), "--ckpt_path", ckpt,
-                    f"--data.init_args.test_shards={pans_shards / 'val-*.tar'}"]) == 0
+    assert (
+        dv_main(
+            [
+                "test",
+                "--recipe",
+                str(recipe),
+                "--ckpt_path",
+                ckpt,
+                f"--data.init_args.test_shards={pans_shards / 'val-*.tar'}",
+            ]
+        )
+        == 0
+    )

@@ -24,7 +24,9 @@ def small_disk(folder: Path, size: int):
     """`folder` as a tmpfs of `size` bytes (rounded up to pages); skips the test where mounting is not allowed."""
     folder.mkdir(parents=True, exist_ok=True)
     size = -(-size // PAGE) * PAGE
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
     try:
@@ -77,7 +79,9 @@ def test_full_disk_during_a_checkpoint_save_keeps_the_last_one(tmp_path, pans_sh
     shutil.move(runs, tmp_path / "runs-done")
     with small_disk(runs, size):
         shutil.copytree(tmp_path / "runs-done", runs, dirs_exist_ok=True, symlinks=True)
-        result = run("-m", "dv", "fit", "--recipe", str(recipe), "--ckpt_path", "last", "--trainer.max_steps=4", cwd=tmp_path)
+        result = run(
+            "-m", "dv", "fit", "--recipe", str(recipe), "--ckpt_path", "last", "--trainer.max_steps=4", cwd=tmp_path
+        )
         assert_one_line(result, "dv: error: ", "No space left on device")
         assert files(ckpts) == before, "the checkpoints are the earlier ones, byte for byte"
         assert not [p.name for p in ckpts.iterdir() if p.name.startswith(".")], "the temp file is removed"
@@ -87,8 +91,23 @@ def test_full_disk_during_a_shard_build_keeps_the_finished_shards(tmp_path, pans
     """The build of `pans_shards` on a disk with room for about two of its shards."""
     out = tmp_path / "disk"
     with small_disk(out, 2 * max(p.stat().st_size for p in pans_shards.glob("*.tar")) + PAGE):
-        result = run("-m", "data_prep", "build", "--source", "camera-pans", "--out", str(out / "s"), "--size", "32",
-                     "--clips-per-video", "1", "--workers", "2", "-q", cwd=tmp_path)
+        result = run(
+            "-m",
+            "data_prep",
+            "build",
+            "--source",
+            "camera-pans",
+            "--out",
+            str(out / "s"),
+            "--size",
+            "32",
+            "--clips-per-video",
+            "1",
+            "--workers",
+            "2",
+            "-q",
+            cwd=tmp_path,
+        )
         assert_one_line(result, "data_prep: error: ", "no space left on device")
         built = files(out / "s")
         finished = [n for n in built if n.endswith(".tar") and n.removesuffix(".tar") + ".stats.json" in built]
@@ -103,8 +122,21 @@ def test_full_disk_during_a_shard_build_keeps_the_finished_shards(tmp_path, pans
 def test_full_disk_during_cache_latents_keeps_the_finished_shards(tmp_path, pans_shards):
     recipe = tiny_recipe(tmp_path, pans_shards, "cache")
     whole = tmp_path / "whole"
-    args = ["-m", "dv", "cache-latents", "--recipe", str(recipe), "--shards", str(pans_shards / "train-*.tar"),
-            "--workers", "1", "--accelerator", "cpu", "-q", "--out"]
+    args = [
+        "-m",
+        "dv",
+        "cache-latents",
+        "--recipe",
+        str(recipe),
+        "--shards",
+        str(pans_shards / "train-*.tar"),
+        "--workers",
+        "1",
+        "--accelerator",
+        "cpu",
+        "-q",
+        "--out",
+    ]
     assert run(*args, str(whole), cwd=tmp_path).returncode == 0
     reference = files(whole)
     out = tmp_path / "disk"

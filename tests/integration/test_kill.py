@@ -24,7 +24,9 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}  # one thr
 def launch(*args: str, cwd: Path) -> subprocess.Popen:
     """`dv ARGS` in the background; its output goes to cwd/dv.log (a pipe nobody reads could fill and stall it)."""
     with open(cwd / "dv.log", "a") as log:
-        return subprocess.Popen([sys.executable, "-m", "dv", *args], cwd=cwd, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "dv", *args], cwd=cwd, env=ENV, stdout=log, stderr=subprocess.STDOUT
+        )
 
 
 def log_tail(cwd: Path) -> str:
@@ -74,7 +76,9 @@ def test_fit_killed_ten_times_resumes_whole_and_ends_as_an_uninterrupted_run(tmp
     whole = tiny_recipe(tmp_path, pans_shards, "whole", max_steps=MAX_STEPS, limit_val_batches=0)
     killed = tiny_recipe(tmp_path, pans_shards, "killed", max_steps=MAX_STEPS, limit_val_batches=0)
     ckpts = tmp_path / "runs" / "killed" / "latest" / "checkpoints"
-    start_s, train_s = timed_run(["fit", "--recipe", str(whole)], tmp_path / "runs" / "whole" / "latest" / "checkpoints", tmp_path)
+    start_s, train_s = timed_run(
+        ["fit", "--recipe", str(whole)], tmp_path / "runs" / "whole" / "latest" / "checkpoints", tmp_path
+    )
 
     rng = random.Random(24)
     kills = in_write = 0
@@ -115,8 +119,20 @@ def test_fit_killed_ten_times_resumes_whole_and_ends_as_an_uninterrupted_run(tmp
 @pytest.mark.slow
 def test_cache_latents_killed_reruns_to_identical_shards(tmp_path, pans_shards):
     recipe = tiny_recipe(tmp_path, pans_shards, "cache")
-    args = ["cache-latents", "--recipe", str(recipe), "--shards", str(pans_shards / "train-*.tar"),
-            str(pans_shards / "val-*.tar"), "--workers", "1", "--accelerator", "cpu", "-q", "--out"]
+    args = [
+        "cache-latents",
+        "--recipe",
+        str(recipe),
+        "--shards",
+        str(pans_shards / "train-*.tar"),
+        str(pans_shards / "val-*.tar"),
+        "--workers",
+        "1",
+        "--accelerator",
+        "cpu",
+        "-q",
+        "--out",
+    ]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     _, encode_s = timed_run([*args, str(whole)], whole, tmp_path)
 

@@ -54,8 +54,15 @@ def test_resume_applies_command_line_overrides(tmp_path, pans_shards):
     """The checkpoint's saved hyper-parameters (lr 4e-3, EMA 0.99) must not replace the command line's."""
     recipe = tiny_recipe(tmp_path, pans_shards, "resume", max_steps=2)
     fit(recipe)
-    fit(recipe, "--ckpt_path", "last", "--trainer.max_steps=3", "--model.init_args.optim.lr=0.5",
-        "--model.init_args.ema_decay=0.5", "--model.init_args.optim.warmup_steps=1")
+    fit(
+        recipe,
+        "--ckpt_path",
+        "last",
+        "--trainer.max_steps=3",
+        "--model.init_args.optim.lr=0.5",
+        "--model.init_args.ema_decay=0.5",
+        "--model.init_args.optim.warmup_steps=1",
+    )
     ckpt = load(tmp_path / "runs" / "resume" / "latest" / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 3
     assert ckpt["hyper_parameters"]["optim"]["lr"] == 0.5 and ckpt["hyper_parameters"]["ema_decay"] == 0.5
@@ -111,9 +118,14 @@ def test_output_path_through_a_file_is_one_line(tmp_path, pans_shards, t2v_run, 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     fresh = tiny_recipe(tmp_path, pans_shards, "out", max_steps=1)
-    line = one_line_error(capsys, dv_main(["fit", "--recipe", str(fresh), f"--trainer.logger.init_args.save_dir={blocker}/runs"]))
+    line = one_line_error(
+        capsys, dv_main(["fit", "--recipe", str(fresh), f"--trainer.logger.init_args.save_dir={blocker}/runs"])
+    )
     assert str(blocker) in line
-    line = one_line_error(capsys, dv_main(["export", "--recipe", str(recipe), "--ckpt", str(ckpt), "--out", str(blocker / "x.safetensors")]))
+    line = one_line_error(
+        capsys,
+        dv_main(["export", "--recipe", str(recipe), "--ckpt", str(ckpt), "--out", str(blocker / "x.safetensors")]),
+    )
     assert "a-file" in line
 
 
@@ -121,7 +133,10 @@ def test_export_file_mode_follows_the_umask(tmp_path, t2v_run):
     recipe, ckpt = t2v_run
     old = os.umask(0o022)
     try:
-        assert dv_main(["export", "--recipe", str(recipe), "--ckpt", str(ckpt), "--out", str(tmp_path / "x.safetensors")]) == 0
+        assert (
+            dv_main(["export", "--recipe", str(recipe), "--ckpt", str(ckpt), "--out", str(tmp_path / "x.safetensors")])
+            == 0
+        )
     finally:
         os.umask(old)
     assert (tmp_path / "x.safetensors").stat().st_mode & 0o777 == 0o644
@@ -138,8 +153,19 @@ def test_rerun_into_a_used_run_folder_and_resume_flags(tmp_path, pans_shards, ca
     assert load(ckpts / "last.ckpt")["global_step"] == 1
     line = one_line_error(capsys, dv_main(["fit", "--recipe", str(recipe)]))
     assert "already holds a run" in line
-    assert dv_main(["test", "--recipe", str(recipe), "--ckpt_path", "last",
-                    f"--data.init_args.test_shards={pans_shards / 'val-*.tar'}"]) == 0  # `last` resolves in test too
+    assert (
+        dv_main(
+            [
+                "test",
+                "--recipe",
+                str(recipe),
+                "--ckpt_path",
+                "last",
+                f"--data.init_args.test_shards={pans_shards / 'val-*.tar'}",
+            ]
+        )
+        == 0
+    )  # `last` resolves in test too
     assert [p.name for p in ckpts.iterdir()] == ["last.ckpt"], "no last-v1.ckpt beside it"
     fit(recipe, "--resume-if-exists", "--trainer.max_steps=2")
     assert load(ckpts / "last.ckpt")["global_step"] == 2
@@ -149,11 +175,23 @@ def test_fit_output_is_quiet(tmp_path, pans_shards):
     """Lightning's advertisements, the intended eval-mode encoders and 'Total FLOPs: 0' are not printed."""
     recipe = tiny_recipe(tmp_path, pans_shards, "quiet", max_steps=1)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-m", "dv", "fit", "--recipe", str(recipe), "--resume-if-exists"],
-                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "dv", "fit", "--recipe", str(recipe), "--resume-if-exists"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout + result.stderr
-    for noise in ("Tip:", "litlogger", "module(s) in eval mode", "Total FLOPs: 0", "no last checkpoint",
-                  "args parameter is intended"):
+    for noise in (
+        "Tip:",
+        "litlogger",
+        "module(s) in eval mode",
+        "Total FLOPs: 0",
+        "no last checkpoint",
+        "args parameter is intended",
+    ):
         assert noise not in out, noise
     assert "Trainable params" in out, "the model summary itself stays"

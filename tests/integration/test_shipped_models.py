@@ -12,11 +12,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from dv.checkpoint import load_trained
 from dv.claims.experiment import ClaimsConfig, ClaimsRun
 from dv.claims.report import accuracy
 from dv.lit.export import plain
 from dv.recipe import build_model, load_recipe
-from dv.checkpoint import load_trained
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = ("tiny-t2v", "tiny-dreamvideo", "tiny-dynamicrafter")

@@ -14,7 +14,10 @@ README_FORMS = [
     (["--trainer.strategy=dv_fsdp"], "FULL_SHARD"),
     (["--trainer.strategy=dv.strategies.DVFSDPStrategy"], "FULL_SHARD"),
     (["--trainer.strategy", "dv.strategies.DVFSDPStrategy"], "FULL_SHARD"),
-    (["--trainer.strategy=dv.strategies.DVFSDPStrategy", "--trainer.strategy.sharding_strategy=SHARD_GRAD_OP"], "SHARD_GRAD_OP"),
+    (
+        ["--trainer.strategy=dv.strategies.DVFSDPStrategy", "--trainer.strategy.sharding_strategy=SHARD_GRAD_OP"],
+        "SHARD_GRAD_OP",
+    ),
     (["--trainer.strategy=dv_fsdp", "--trainer.strategy.sharding_strategy=SHARD_GRAD_OP"], "SHARD_GRAD_OP"),
 ]
 
@@ -27,11 +30,21 @@ def test_readme_lines_are_the_tested_forms():
 @pytest.mark.parametrize("flags,sharding", README_FORMS)
 def test_strategy_flags_build_dv_fsdp(flags, sharding):
     """The Trainer that `dv fit --recipe recipes/dreamvideo.yaml FLAGS` builds, on 2 CPU processes."""
-    args = _recipe_to_config(["fit", "--recipe", str(REPO / "recipes" / "dreamvideo.yaml"), *flags,
-                              "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.precision=32-true"])
+    args = _recipe_to_config(
+        [
+            "fit",
+            "--recipe",
+            str(REPO / "recipes" / "dreamvideo.yaml"),
+            *flags,
+            "--trainer.accelerator=cpu",
+            "--trainer.devices=2",
+            "--trainer.precision=32-true",
+        ]
+    )
     args = [a for a in args[1:] if not a.startswith("--weights_only")]  # no subcommand: only the classes are built
-    cli = DVLightningCLI(run=False, args=args, subclass_mode_model=True, subclass_mode_data=True,
-                         parser_kwargs={"exit_on_error": False})
+    cli = DVLightningCLI(
+        run=False, args=args, subclass_mode_model=True, subclass_mode_data=True, parser_kwargs={"exit_on_error": False}
+    )
     assert isinstance(cli.trainer.strategy, DVFSDPStrategy)
     assert cli.trainer.strategy.sharding_strategy.name == sharding
 
@@ -40,7 +53,12 @@ def test_strategy_flags_build_dv_fsdp(flags, sharding):
 def test_readme_shard_grad_op_line_trains_on_two_processes(tmp_path, pans_shards):
     """The README's SHARD_GRAD_OP line, with the tiny DreamVideo recipe on 2 CPU processes (gloo)."""
     recipe = dist_recipe(tmp_path, pans_shards, "sgo_cli", "ddp", devices=2)
-    dv_fit(recipe, "--trainer.max_steps=1", "--trainer.strategy=dv.strategies.DVFSDPStrategy",
-           "--trainer.strategy.sharding_strategy=SHARD_GRAD_OP", "--trainer.strategy.state_dict_type=full")
+    dv_fit(
+        recipe,
+        "--trainer.max_steps=1",
+        "--trainer.strategy=dv.strategies.DVFSDPStrategy",
+        "--trainer.strategy.sharding_strategy=SHARD_GRAD_OP",
+        "--trainer.strategy.state_dict_type=full",
+    )
     ckpt = load(checkpoint(tmp_path, "sgo_cli", 1))
     assert ckpt["global_step"] == 1 and ckpt["state_dict"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import glob
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dv.cli import main as dv_main
 from tests.integration.test_fit import tiny_recipe
@@ -17,11 +17,19 @@ def with_validation(path, modes):
     for callback in recipe["trainer"]["callbacks"]:
         if callback["class_path"].endswith("ThroughputLogger"):
             callback["init_args"]["every_n_steps"] = 1
-    recipe["trainer"]["callbacks"].append({
-        "class_path": "dv.callbacks.VideoValidation",
-        "init_args": {"every_n_steps": 2, "num_videos": 2, "modes": modes, "steps": 2, "log_videos": 1,
-                      "paper_rows": "ucf101"},
-    })
+    recipe["trainer"]["callbacks"].append(
+        {
+            "class_path": "dv.callbacks.VideoValidation",
+            "init_args": {
+                "every_n_steps": 2,
+                "num_videos": 2,
+                "modes": modes,
+                "steps": 2,
+                "log_videos": 1,
+                "paper_rows": "ucf101",
+            },
+        }
+    )
     path.write_text(yaml.safe_dump(recipe))
     return path
 

@@ -46,7 +46,9 @@ def test_killed_checkpoint_writer_leaves_the_previous_checkpoint_whole(tmp_path)
     path = run / "last.ckpt"
     try:
         for kill_after in (0.35, 0.5, 0.65, 0.8, 0.95, 1.1):
-            writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], env=env, stdout=subprocess.PIPE, text=True)
+            writer = subprocess.Popen(
+                [sys.executable, "-c", WRITER, str(path)], env=env, stdout=subprocess.PIPE, text=True
+            )
             writer.stdout.readline()  # one whole checkpoint exists
             time.sleep(kill_after)
             writer.send_signal(signal.SIGKILL)

@@ -50,7 +50,9 @@ def test_flops_equal_a_hand_count():
     assert count_flops(step) == 2 * conv_fwd + 3 * linear_fwd
 
     q = torch.randn(2, 4, 16, 8)  # attention: CPU SDPA counts as QK^T and AV
-    assert count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q)) == 2 * (2 * 2 * 4 * 16 * 16 * 8)
+    assert count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q)) == 2 * (
+        2 * 2 * 4 * 16 * 16 * 8
+    )
 
 
 def test_step_flops_are_one_clips_times_the_batch(tiny_recipe):
@@ -76,8 +78,24 @@ def test_mfu_and_peak_table(monkeypatch):
 
 def test_train_bench_prints_and_writes_the_figures(tiny_recipe, tmp_path, capsys):
     out_json = tmp_path / "bench.json"
-    assert main(["bench", "--recipe", tiny_recipe, "--steps", "2", "--warmup", "1", "--device", "cpu",
-                 "--json", str(out_json)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--recipe",
+                tiny_recipe,
+                "--steps",
+                "2",
+                "--warmup",
+                "1",
+                "--device",
+                "cpu",
+                "--json",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "batch 2 × 4 frames × 16×16" in figure(out, "setting")
     for who in ("dv", "plain"):
@@ -89,15 +107,37 @@ def test_train_bench_prints_and_writes_the_figures(tiny_recipe, tmp_path, capsys
     assert figure(out, "MFU") == "no MFU (CPU)"
     figures = json.loads(out_json.read_text())
     assert figures["flops_per_step"] > 0 and float(figure(out, "FLOPs/step").split()[0]) == pytest.approx(
-        figures["flops_per_step"], rel=1e-3)
+        figures["flops_per_step"], rel=1e-3
+    )
     assert len(figures["dv"]["times"]) == len(figures["plain"]["times"]) == 2
     assert figures["ratio_dv_to_plain"] == pytest.approx(
-        figures["dv"]["seconds_per_step"] / figures["plain"]["seconds_per_step"])
+        figures["dv"]["seconds_per_step"] / figures["plain"]["seconds_per_step"]
+    )
 
 
 def test_sample_bench(tiny_recipe, capsys):
-    assert main(["bench", "--recipe", tiny_recipe, "--what", "sample", "--steps", "1", "--warmup", "0",
-                 "--ddim-steps", "2", "--batch-size", "1", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--recipe",
+                tiny_recipe,
+                "--what",
+                "sample",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--ddim-steps",
+                "2",
+                "--batch-size",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "VideoSampler.sample" in figure(out, "dv s/video")
     assert float(figure(out, "plain s/DDIM step")) > 0 and float(figure(out, "FLOPs/video").split()[0]) > 0
@@ -123,8 +163,28 @@ def test_explain_finds_one_graph_without_breaks(tiny_recipe, tmp_path, capsys):
 
 def test_loader_bench_reads_the_recipes_shards(tiny_recipe, tmp_path, capsys):
     shards = tmp_path / "pans"
-    subprocess.run([sys.executable, "-m", "data_prep", "build", "--source", "camera-pans", "--out", str(shards),
-                    "--size", "16", "--clips-per-video", "1", "--workers", "1", "--split", "train", "-q"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "data_prep",
+            "build",
+            "--source",
+            "camera-pans",
+            "--out",
+            str(shards),
+            "--size",
+            "16",
+            "--clips-per-video",
+            "1",
+            "--workers",
+            "1",
+            "--split",
+            "train",
+            "-q",
+        ],
+        check=True,
+    )
     recipe = yaml.safe_load(Path(tiny_recipe).read_text())
     recipe["data"]["init_args"].update(train_shards=f"{shards}/train-*.tar", num_workers=0)
     path = tmp_path / "loader.yaml"

@@ -46,8 +46,25 @@ def test_latent_steps_run_no_frozen_encoder(tiny_recipe):
 
 def test_bench_flags_are_named_in_the_setting(tiny_recipe, capsys):
     try:
-        assert main(["bench", "--recipe", tiny_recipe, "--steps", "1", "--warmup", "0", "--device", "cpu",
-                     "--latents", "--channels-last", "--cudnn-benchmark"]) == 0
+        assert (
+            main(
+                [
+                    "bench",
+                    "--recipe",
+                    tiny_recipe,
+                    "--steps",
+                    "1",
+                    "--warmup",
+                    "0",
+                    "--device",
+                    "cpu",
+                    "--latents",
+                    "--channels-last",
+                    "--cudnn-benchmark",
+                ]
+            )
+            == 0
+        )
     finally:
         torch.backends.cudnn.benchmark = False
     out = capsys.readouterr().out

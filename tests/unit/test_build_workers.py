@@ -27,7 +27,9 @@ def sources(tmp_path: Path, n: int = 6) -> list[Record]:
     """`n` small H.264 files of different lengths, plus two camera-pans renders."""
     records = []
     for i in range(n):
-        frames = camera_pans.PanRenderer(["coins", "grass", "moon"][i % 3], "pan-left", seed=i).render(0, 30 + 7 * i, 48)
+        frames = camera_pans.PanRenderer(["coins", "grass", "moon"][i % 3], "pan-left", seed=i).render(
+            0, 30 + 7 * i, 48
+        )
         path = tmp_path / f"v{i}.mp4"
         write_video(path, frames, fps=24, options={"g": "12", "bf": "2"})
         records.append(Record(f"v{i}", str(path), f"video {i}"))
@@ -41,8 +43,16 @@ def test_workers_share_one_shard_and_write_the_bytes_of_a_one_worker_build(tmp_p
     records = sources(tmp_path)
     outs = {}
     for workers in (1, 3):
-        cfg = BuildConfig(out_dir=str(tmp_path / f"w{workers}"), source="test", frames=4, stride=3, size=128,
-                          clips_per_video=2, shard_size=256, workers=workers)
+        cfg = BuildConfig(
+            out_dir=str(tmp_path / f"w{workers}"),
+            source="test",
+            frames=4,
+            stride=3,
+            size=128,
+            clips_per_video=2,
+            shard_size=256,
+            workers=workers,
+        )
         summary = build({"train": records}, cfg, quiet=True)
         assert summary.shards_written == ["train-000000.tar"] and summary.clips_written == 16
         outs[workers] = (tmp_path / f"w{workers}" / "train-000000.tar").read_bytes()
@@ -75,8 +85,24 @@ CAMERA_PANS_DIGEST = "a8aea4445510ef26b9741d1742e1f09216efd03166f5a37e0851e68e4f
 def test_camera_pans_shards_keep_their_bytes_apart_from_the_added_fields(tmp_path, workers):
     from data_prep.__main__ import main
 
-    argv = ["build", "--source", "camera-pans", "--split", "val", "--frames", "4", "--size", "32",
-            "--clips-per-video", "1", "--out", str(tmp_path), "--workers", workers, "-q"]
+    argv = [
+        "build",
+        "--source",
+        "camera-pans",
+        "--split",
+        "val",
+        "--frames",
+        "4",
+        "--size",
+        "32",
+        "--clips-per-video",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--workers",
+        workers,
+        "-q",
+    ]
     assert main(argv) == 0
     assert _content_digest(tmp_path) == CAMERA_PANS_DIGEST
 
@@ -116,8 +142,21 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
 def test_kill_9_of_a_build_leaves_no_pool_workers(tmp_path):
-    cmd = [sys.executable, "-m", "data_prep", "build", "--source", "camera-pans", "--out", str(tmp_path),
-           "--workers", "2", "--size", "64", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "data_prep",
+        "build",
+        "--source",
+        "camera-pans",
+        "--out",
+        str(tmp_path),
+        "--workers",
+        "2",
+        "--size",
+        "64",
+        "-q",
+    ]
     build_proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60

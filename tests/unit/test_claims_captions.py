@@ -19,7 +19,9 @@ def test_top1_rate_counts_the_own_caption_and_shares_ties():
 
 def clips(n: int = 6) -> list[tuple[np.ndarray, str, str]]:
     rng = np.random.default_rng(0)
-    return [(rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8), "rocket", MOTIONS[i % len(MOTIONS)]) for i in range(n)]
+    return [
+        (rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8), "rocket", MOTIONS[i % len(MOTIONS)]) for i in range(n)
+    ]
 
 
 def test_a_model_that_ignores_the_caption_is_at_chance():

@@ -59,17 +59,24 @@ def test_dv_help_lists_every_command_without_importing_them(capsys):
     [
         ("python -m dv.claims", ["--model", "nope", "--val-shards", "x"], "dv: error: --model takes NAME=RECIPE,CKPT"),
         ("python -m dv.claims.captions", ["--model", "nope", "--val-shards", "x"], "dv: error: --model takes"),
-        ("python -m dv.diffusion.trajectory", ["--ckpt", "missing.ckpt", "--shards", "x"],
-         "dv: error: checkpoint 'missing.ckpt' does not exist"),
+        (
+            "python -m dv.diffusion.trajectory",
+            ["--ckpt", "missing.ckpt", "--shards", "x"],
+            "dv: error: checkpoint 'missing.ckpt' does not exist",
+        ),
         ("python -m dv.data.datamodule", ["--shards", "nothing-here/train-*.tar"], "dv: error: shard pattern"),
-        ("python -m data_prep build", ["--source", "camera-pans", "--out", "o", "--size", "15"],
-         "data_prep: error: --size must be an even number"),
+        (
+            "python -m data_prep build",
+            ["--source", "camera-pans", "--out", "o", "--size", "15"],
+            "data_prep: error: --size must be an even number",
+        ),
     ],
 )
 def test_old_forms_print_the_new_form_then_run_it(old, argv, error):
     module_argv = old.split()[2:]
-    run = subprocess.run([sys.executable, "-m", *module_argv, *argv], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", *module_argv, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     lines = run.stderr.strip().splitlines()
     assert run.returncode == 2, run.stderr[-2000:]
     assert lines[0] == deprecation_line(old) and OLD_FORMS[old] in lines[0]
@@ -77,8 +84,11 @@ def test_old_forms_print_the_new_form_then_run_it(old, argv, error):
 
 
 def test_one_place_prints_errors():
-    printers = [p.relative_to(ROOT).as_posix() for p in python_files("dv", "data_prep")
-                if ": error:" in p.read_text(encoding="utf-8")]
+    printers = [
+        p.relative_to(ROOT).as_posix()
+        for p in python_files("dv", "data_prep")
+        if ": error:" in p.read_text(encoding="utf-8")
+    ]
     assert printers == ["dv/cli.py"]
 
 
@@ -108,7 +118,11 @@ def training_checkpoint(tmp_path: Path, carries_recipe: bool) -> Path:
     with torch.no_grad():
         for p in module.parameters():
             p.add_(0.01)  # "trained": differs from a fresh build
-    hparams = {**module.hparams, "_class_path": "dv.lit.T2VModule", "_instantiator": "lightning.pytorch.cli.instantiate_module"}
+    hparams = {
+        **module.hparams,
+        "_class_path": "dv.lit.T2VModule",
+        "_instantiator": "lightning.pytorch.cli.instantiate_module",
+    }
     checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": hparams, "global_step": 1}
     module.on_save_checkpoint(checkpoint)
     if carries_recipe:
@@ -128,8 +142,24 @@ def test_a_checkpoint_that_carries_its_recipe_needs_no_recipe(tmp_path, monkeypa
     for (name, a), (_, b) in zip(given.state_dict().items(), carried.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     out = tmp_path / "v.mp4"
-    assert dv_main(["sample", "--ckpt", ckpt, "--prompt", "the camera pans left", "--steps", "1", "--out", str(out),
-                    "--device", "cpu"]) == 0
+    assert (
+        dv_main(
+            [
+                "sample",
+                "--ckpt",
+                ckpt,
+                "--prompt",
+                "the camera pans left",
+                "--steps",
+                "1",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert out.stat().st_size > 0
 
 

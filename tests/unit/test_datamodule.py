@@ -15,7 +15,8 @@ import webdataset as wds
 
 from data_prep import camera_pans
 from data_prep.writer import BuildConfig, Record, build
-from dv.data.datamodule import VideoDataModule, main
+from dv.cli import main as dv_main
+from dv.data.datamodule import VideoDataModule
 from dv.data.shards import TAR_MTIME, ClipMeta, encode_sample
 from dv.data.video import encode_mp4
 from dv.errors import ConfigError, DataError
@@ -231,7 +232,7 @@ def test_a_trainer_runs_an_epoch_on_it(shards):
 
 
 def test_command_line_prints_one_batch(shards, capsys):
-    assert main(["--shards", str(shards / "train-*.tar"), "--batch-size", "2"]) == 0
+    assert dv_main(["check-data", "--shards", str(shards / "train-*.tar"), "--batch-size", "2"]) == 0
     out = capsys.readouterr().out
     assert "(2, 4, 16, 16, 3) torch.uint8" in out and "the camera" in out
-    assert main(["--shards", str(shards / "nothing-*.tar")]) == 2
+    assert dv_main(["check-data", "--shards", str(shards / "nothing-*.tar")]) == 2

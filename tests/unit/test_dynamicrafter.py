@@ -70,8 +70,10 @@ def reference_dual_attention(attn, hidden, text, image, scale, queries, frames):
     for r in range(hidden.shape[0]):
         f = r % frames
         own = image[r : r + 1, f * queries : (f + 1) * queries]
-        rows.append(torch.softmax(q[r : r + 1] @ split(own @ proc.to_k_img.weight.T).transpose(-1, -2) / math.sqrt(d), -1)
-                    @ split(own @ proc.to_v_img.weight.T))
+        rows.append(
+            torch.softmax(q[r : r + 1] @ split(own @ proc.to_k_img.weight.T).transpose(-1, -2) / math.sqrt(d), -1)
+            @ split(own @ proc.to_v_img.weight.T)
+        )
     out = out + scale * torch.cat(rows)
     return attn.to_out[0](rearrange(out, "r h n d -> r n (h d)"))
 
@@ -92,10 +94,14 @@ def test_processor_is_the_dual_attention_formula(frames):
     image = repeat(torch.randn(b, frames * 2, 16), "b n d -> (b t) n d", t=t)
     out = attn(hidden, encoder_hidden_states=torch.cat([text, image], dim=1))
     with torch.no_grad():
-        expected = reference_dual_attention(attn, hidden, text, image, 0.7, queries=2, frames=frames if frames > 1 else 1)
+        expected = reference_dual_attention(
+            attn, hidden, text, image, 0.7, queries=2, frames=frames if frames > 1 else 1
+        )
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(attn(hidden, encoder_hidden_states=text),
-                               reference_dual_attention(attn, hidden, text, image, 0.0, queries=2, frames=1))
+    torch.testing.assert_close(
+        attn(hidden, encoder_hidden_states=text),
+        reference_dual_attention(attn, hidden, text, image, 0.0, queries=2, frames=1),
+    )
 
 
 def test_only_spatial_cross_attention_sees_the_image_tokens():
@@ -109,7 +115,8 @@ def test_only_spatial_cross_attention_sees_the_image_tokens():
         if isinstance(layer, Attention):
             layer.register_forward_pre_hook(
                 lambda m, args, kwargs, name=name: seen.__setitem__(name, kwargs.get("encoder_hidden_states")),
-                with_kwargs=True)
+                with_kwargs=True,
+            )
     predict(module, make_batch())
     text_tokens = module.backbone.text.context_length
     for name, context in seen.items():
@@ -123,7 +130,9 @@ def test_stride_changes_the_prediction_once_trained():
     module = tiny_dynamicrafter()
     batch = make_batch()
     one_stride = torch.tensor([1, 1])
-    torch.testing.assert_close(predict(module, batch, one_stride), predict(module, batch, one_stride * 5), rtol=0, atol=0)
+    torch.testing.assert_close(
+        predict(module, batch, one_stride), predict(module, batch, one_stride * 5), rtol=0, atol=0
+    )
     batch["stride"] = torch.tensor([2, 6])
     one_step(module, batch)  # a real step: the stride MLP's last layer gets a gradient at step 0
     assert module.backbone.unet.time_embedding.cond_proj.mlp[2].weight.abs().sum() > 0
@@ -135,7 +144,13 @@ def test_stages_train_what_the_paper_trains():
     names = [n for n, _ in projection.trainable_parameters()]
     unet_names = [n.removeprefix("backbone.unet.") for n in names if n.startswith("backbone.unet.")]
     assert unet_names and all(is_new_unet_parameter(n) for n in unet_names)
-    for part in ("conv_in.reference.", "time_embedding.cond_proj.", "processor.to_k_img", "processor.to_v_img", "processor.image_scale"):
+    for part in (
+        "conv_in.reference.",
+        "time_embedding.cond_proj.",
+        "processor.to_k_img",
+        "processor.to_v_img",
+        "processor.image_scale",
+    ):
         assert any(part in n for n in unet_names), part
     assert any(n.startswith("branch.projection.") for n in names)
     assert not any("image_encoder" in n for n in names)
@@ -167,7 +182,8 @@ def test_sampler_drives_it_unchanged():
     assert sampler.sample(["a cat"], None, config, seeds=[0], progress=False).shape == (1, 3, 3, 8, 8)
     with pytest.raises(ConfigError, match="3 frames"):
         VideoSampler(module.backbone, module.branch, module.noise_scheduler, num_frames=2, frame_size=8).sample(
-            ["a cat"], images[:1], config, seeds=[0], progress=False)
+            ["a cat"], images[:1], config, seeds=[0], progress=False
+        )
 
 
 def test_source_stride_is_drawn_and_fits_short_videos(tmp_path):
@@ -177,8 +193,32 @@ def test_source_stride_is_drawn_and_fits_short_videos(tmp_path):
     assert all(source_stride(cfg, f"video{i}", num_source_frames=40) <= 2 for i in range(60))  # 15 gaps of 2 fit in 40
     assert source_stride(BuildConfig(out_dir=".", source="x"), "video0") == 4
     assert data_prep_main(["build", "--source", "camera-pans", "--out", ".", "--stride-range", "3", "1"]) == 2
-    assert data_prep_main(["build", "--source", "camera-pans", "--out", str(tmp_path), "--split", "val", "--frames", "2",
-                           "--size", "16", "--clips-per-video", "1", "--workers", "1", "--stride-range", "2", "5", "-q"]) == 0
+    assert (
+        data_prep_main(
+            [
+                "build",
+                "--source",
+                "camera-pans",
+                "--out",
+                str(tmp_path),
+                "--split",
+                "val",
+                "--frames",
+                "2",
+                "--size",
+                "16",
+                "--clips-per-video",
+                "1",
+                "--workers",
+                "1",
+                "--stride-range",
+                "2",
+                "5",
+                "-q",
+            ]
+        )
+        == 0
+    )
     stats = read_stats(tmp_path / "val-000000.stats.json")
     assert stats.settings["stride_range"] == [2, 5]
     with tarfile.open(tmp_path / "val-000000.tar") as tar:
@@ -188,8 +228,9 @@ def test_source_stride_is_drawn_and_fits_short_videos(tmp_path):
 
 def test_loader_yields_the_stride_its_clips_have(tmp_path):
     records = camera_pans.records(argparse.Namespace(seed=0))["train"][::7][:6]
-    cfg = BuildConfig(out_dir=str(tmp_path), source="camera-pans", frames=4, size=64, shard_size=6, workers=1,
-                      stride_range=(1, 3))
+    cfg = BuildConfig(
+        out_dir=str(tmp_path), source="camera-pans", frames=4, size=64, shard_size=6, workers=1, stride_range=(1, 3)
+    )
     assert not build({"train": records}, cfg, quiet=True).shards_failed
     dm = VideoDataModule(val_shards=str(tmp_path / "train-*.tar"), batch_size=6, num_workers=0)
     dm.setup("validate")
@@ -210,7 +251,9 @@ def test_image_encoder_loads_the_vision_tower_of_an_open_clip_checkpoint(tmp_pat
     from dv.models.image_encoder import ImageEncoder, ImageEncoderConfig
     from tests.tiny import TINY_VISION
 
-    clip = open_clip.CLIP(embed_dim=32, vision_cfg=dict(TINY_VISION), text_cfg=dict(width=32, heads=2, layers=1, context_length=8))
+    clip = open_clip.CLIP(
+        embed_dim=32, vision_cfg=dict(TINY_VISION), text_cfg=dict(width=32, heads=2, layers=1, context_length=8)
+    )
     path = tmp_path / "open_clip_model.safetensors"
     safetensors.torch.save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, path)
     encoder = ImageEncoder(ImageEncoderConfig(vision_cfg=dict(TINY_VISION), embed_dim=32, checkpoint=str(path)))
@@ -218,7 +261,9 @@ def test_image_encoder_loads_the_vision_tower_of_an_open_clip_checkpoint(tmp_pat
         torch.testing.assert_close(value, clip.visual.state_dict()[name], rtol=0, atol=0, msg=name)
     image = torch.rand(2, 3, 24, 24) * 2 - 1
     tokens = encoder(image)
-    assert tokens.shape == (2, 16, 32) and not encoder.training and not any(p.requires_grad for p in encoder.parameters())
+    assert (
+        tokens.shape == (2, 16, 32) and not encoder.training and not any(p.requires_grad for p in encoder.parameters())
+    )
     x = encoder.preprocess(image)
     with torch.no_grad():  # the last layer's patch tokens, after ln_post: what DynamiCrafter projects
         expected = clip.visual.ln_post(clip.visual.transformer(clip.visual._embeds(x)))[:, 1:]
@@ -241,8 +286,10 @@ def test_file_sources_take_their_clips_at_the_drawn_stride(tmp_path):
     assert build({"train": records}, cfg, quiet=True).clips_written == 6
     with tarfile.open(tmp_path / "out" / "train-000000.tar") as tar:
         members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-    samples = [decode_sample({ext: members[f"{key}.{ext}"] for ext in ("mp4", "txt", "json")} | {"__key__": key})
-               for key in sorted({n.split(".")[0] for n in members})]
+    samples = [
+        decode_sample({ext: members[f"{key}.{ext}"] for ext in ("mp4", "txt", "json")} | {"__key__": key})
+        for key in sorted({n.split(".")[0] for n in members})
+    ]
     strides = {s["meta"]["source_id"]: s["meta"]["stride"] for s in samples}
     assert len(set(strides.values())) > 1 and strides["v0"] <= 3, strides  # v0 has 12 frames: 3 gaps of at most 3
     for sample in samples:

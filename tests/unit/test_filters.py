@@ -17,8 +17,19 @@ from dv.data.shards import ClipMeta, SampleTarWriter, ShardStats, encode_sample,
 from dv.data.video import encode_mp4
 from dv.errors import ConfigError
 
-META = ClipMeta(source_id="s", source="t", split="train", clip_index=0, source_fps=8.0, source_size=(16, 16), stride=1,
-                frame_indices=[0, 1, 2, 3], num_frames=4, size=(16, 16), fps=8.0)
+META = ClipMeta(
+    source_id="s",
+    source="t",
+    split="train",
+    clip_index=0,
+    source_fps=8.0,
+    source_size=(16, 16),
+    stride=1,
+    frame_indices=[0, 1, 2, 3],
+    num_frames=4,
+    size=(16, 16),
+    fps=8.0,
+)
 CLIPS = {  # key -> scores (None: a format-1 clip without scores)
     "still": {"motion": 0.01, "cut": False, "cut_frame": None, "cut_distance": 0.01},
     "pan": {"motion": 1.5, "cut": False, "cut_frame": None, "cut_distance": 0.03},
@@ -43,8 +54,10 @@ def shard(tmp_path_factory) -> Path:
                 d = {k: v for k, v in d.items() if k not in ("scores", "source_bit_rate")} | {"format_version": 1}
                 sample["json"] = json.dumps(d).encode()
             tar.write(sample)
-    write_stats(out / stats_name("train", 0), ShardStats(shard=path.name, split="train", index=0, source="t",
-                                                         samples_written=len(CLIPS)))
+    write_stats(
+        out / stats_name("train", 0),
+        ShardStats(shard=path.name, split="train", index=0, source="t", samples_written=len(CLIPS)),
+    )
     return path
 
 
@@ -64,7 +77,9 @@ def test_the_loader_keeps_only_clips_inside_the_filters(shard):
 
 
 def test_the_latent_cache_leaves_filtered_clips_out_and_counts_them(shard, tmp_path):
-    enc = Encoders(posterior=lambda v: (torch.zeros(v.shape[0], 2, 4, 2, 2), torch.zeros(v.shape[0], 2, 4, 2, 2)), vae="test")
+    enc = Encoders(
+        posterior=lambda v: (torch.zeros(v.shape[0], 2, 4, 2, 2), torch.zeros(v.shape[0], 2, 4, 2, 2)), vae="test"
+    )
     cfg = CacheConfig(out_dir=str(tmp_path), workers=0, filters=ClipFilter.from_config(FILTERS))
     summary = build_cache([str(shard)], enc, cfg, quiet=True)
     stats = read_stats(tmp_path / stats_name("train", 0))
@@ -92,7 +107,10 @@ def test_bad_filters_are_config_errors(value, message):
 def test_stats_command_prints_the_distributions_and_what_filters_would_drop(shard, capsys):
     from data_prep.__main__ import main
 
-    assert main(["stats", "--shards", str(shard), "--min-motion", "0.5", "--max-motion", "10", "--drop-cuts", "--json"]) == 0
+    assert (
+        main(["stats", "--shards", str(shard), "--min-motion", "0.5", "--max-motion", "10", "--drop-cuts", "--json"])
+        == 0
+    )
     s = json.loads(capsys.readouterr().out)
     assert (s["clips"], s["unscored"], s["cuts"]) == (5, 1, 1)
     assert s["motion_quantiles"]["p0"] == 0.01 and s["motion_quantiles"]["p100"] == 30.0

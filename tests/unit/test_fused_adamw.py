@@ -15,8 +15,16 @@ def _train(fused: bool, steps: int = 2) -> tuple[dict[str, torch.Tensor], torch.
     torch.manual_seed(0)
     module = tiny_t2v(optim=OptimConfig(lr=1e-3, warmup_steps=1, fused=fused))
     norms = []
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=0.05)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=0.05,
+    )
     original = torch.nn.utils.get_total_norm
 
     def counted(*args, **kwargs):

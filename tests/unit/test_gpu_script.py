@@ -12,15 +12,31 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNS = ["dv-b8", "loader-beside", "dv-b8-bench", "dv-b8-cl", "sample", "sample-graphs", "dv-b8-compile",
-        "t2v-b8-compile", "dv-b16-compile", "t2v-b16-compile"]
+RUNS = [
+    "dv-b8",
+    "loader-beside",
+    "dv-b8-bench",
+    "dv-b8-cl",
+    "sample",
+    "sample-graphs",
+    "dv-b8-compile",
+    "t2v-b8-compile",
+    "dv-b16-compile",
+    "t2v-b16-compile",
+]
 
 
 @pytest.mark.slow  # ten dv bench runs of the tiny recipes: minutes on a 2-core machine
 def test_gpu_script_dry_run_gives_one_full_table(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
-    proc = subprocess.run(["bash", "benchmarks/gpu.sh", "--dry-run", "all"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=3000)
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu.sh", "--dry-run", "all"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3000,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "out"
     table = (out / "table.md").read_text()
@@ -39,4 +55,6 @@ def test_gpu_script_dry_run_gives_one_full_table(tmp_path):
     with tarfile.open(out / "runs.tar.gz") as tar:
         logs = {Path(n).name for n in tar.getnames()}
     assert {"tests.log", "device.txt", "dv-b8.log", "dv-b8.json", "loader-beside.json"} <= logs
-    assert sorted(p.name for p in out.iterdir()) == ["gpu.log", "runs.tar.gz", "table.md"], "few files: the device tool brings back 8"
+    assert sorted(p.name for p in out.iterdir()) == ["gpu.log", "runs.tar.gz", "table.md"], (
+        "few files: the device tool brings back 8"
+    )

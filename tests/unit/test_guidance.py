@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from dv.diffusion.guidance import Conditions, double_guidance, guided_prediction
-from dv.errors import ConfigError
 from dv.diffusion.sampling import SamplerConfig
+from dv.errors import ConfigError
 
 
 def test_eq5_hand_computed():
@@ -43,7 +43,8 @@ class Recorder:
 def conditions(b=2, with_image=True):
     g = torch.Generator().manual_seed(1)
     return Conditions(
-        text=torch.randn(b, 3, 4, generator=g), null_text=torch.zeros(b, 3, 4),
+        text=torch.randn(b, 3, 4, generator=g),
+        null_text=torch.zeros(b, 3, 4),
         image=torch.randn(b, 5, 2, 2, generator=g) if with_image else None,
         null_image=torch.ones(b, 5, 2, 2) if with_image else None,
     )
@@ -72,7 +73,9 @@ def test_zero_scale_or_missing_condition_leaves_its_branch_out():
     assert rec.calls == [4]
 
 
-@pytest.mark.parametrize("field,value", [("s_text", float("nan")), ("s_image", -1.0), ("steps", 0), ("eta", float("inf"))])
+@pytest.mark.parametrize(
+    "field,value", [("s_text", float("nan")), ("s_image", -1.0), ("steps", 0), ("eta", float("inf"))]
+)
 def test_bad_sampler_settings(field, value):
     with pytest.raises(ConfigError):
         SamplerConfig(**{field: value}).validate()

@@ -30,8 +30,14 @@ from tests.tiny import tiny_backbone
 
 TINY_KL = AutoencoderConfig(
     kind="kl",
-    kl=dict(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, layers_per_block=1, latent_channels=12),
+    kl=dict(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+        layers_per_block=1,
+        latent_channels=12,
+    ),
 )
 """A tiny diffusers AutoencoderKL with the tiny U-Net's 12 latent channels and downscale 2."""
 
@@ -44,7 +50,11 @@ def video_shards(tmp_path_factory) -> Path:
         Record(f"{p}-{m}", camera_pans.PanRenderer(p, m, 0), camera_pans.caption_for(p, m))
         for p, m in itertools.product(["astronaut", "coins", "grass"], list(camera_pans.MOVES)[:2])
     ]
-    build({"train": recs}, BuildConfig(out_dir=str(out), source="camera-pans", frames=4, size=16, shard_size=2), quiet=True)
+    build(
+        {"train": recs},
+        BuildConfig(out_dir=str(out), source="camera-pans", frames=4, size=16, shard_size=2),
+        quiet=True,
+    )
     return out
 
 
@@ -65,13 +75,22 @@ def encoders(m: T2VModule, text: bool = False) -> Encoders:
     ae = m.backbone.autoencoder
     if not text:
         return Encoders(posterior=lambda v: ae.posterior(video_to_model(v)), vae=ae.identity())
-    return Encoders(posterior=lambda v: ae.posterior(video_to_model(v)), vae=ae.identity(),
-                    text=m.backbone.encode_text, text_encoder=text_encoder_identity(m.backbone.text))
+    return Encoders(
+        posterior=lambda v: ae.posterior(video_to_model(v)),
+        vae=ae.identity(),
+        text=m.backbone.encode_text,
+        text_encoder=text_encoder_identity(m.backbone.text),
+    )
 
 
 def cache(shards: Path, out: Path, enc: Encoders, **cfg):
     """Cache every train shard of `shards` into `out` in this process."""
-    return build_cache(sorted(str(p) for p in shards.glob("train-*.tar")), enc, CacheConfig(out_dir=str(out), workers=0, **cfg), quiet=True)
+    return build_cache(
+        sorted(str(p) for p in shards.glob("train-*.tar")),
+        enc,
+        CacheConfig(out_dir=str(out), workers=0, **cfg),
+        quiet=True,
+    )
 
 
 def first_batch(pattern: Path, **kwargs) -> dict:
@@ -87,7 +106,9 @@ def test_latent_sample_round_trip():
     reference = torch.randint(0, 256, (16, 16, 3), generator=g, dtype=torch.uint8)
     text = torch.randn(16, 32, generator=g)
     meta = {"source_id": "x", "stride": 4, "size": [16, 16]}
-    raw = encode_latent_sample("x_c000", mean, logvar, reference, "a caption", meta, "vae-sha", text=text, text_encoder="text-sha")
+    raw = encode_latent_sample(
+        "x_c000", mean, logvar, reference, "a caption", meta, "vae-sha", text=text, text_encoder="text-sha"
+    )
     out = decode_latent_sample(raw)
     assert out["latent_mean"].dtype == out["latent_logvar"].dtype == LATENT_DTYPE
     torch.testing.assert_close(out["latent_mean"], mean.to(LATENT_DTYPE))
@@ -106,7 +127,8 @@ def test_latent_sample_round_trip():
 
 
 @pytest.mark.parametrize(
-    "kind,dreamvideo,text", [("space_to_depth", False, False), ("space_to_depth", True, True), ("kl", False, True), ("kl", True, False)]
+    "kind,dreamvideo,text",
+    [("space_to_depth", False, False), ("space_to_depth", True, True), ("kl", False, True), ("kl", True, False)],
 )
 def test_cached_latents_give_the_loss_of_the_videos(video_shards, tmp_path, kind, dreamvideo, text):
     m = module(kind, dreamvideo)

@@ -24,12 +24,14 @@ def sample(key: str, bad: float | None = None) -> dict:
     """A latent sample; with `bad`, one value of its stored mean is that (as a corrupted file would hold it)."""
     g = torch.Generator().manual_seed(len(key))
     mean, logvar = torch.randn(SHAPE, generator=g), torch.randn(SHAPE, generator=g)
-    raw = encode_latent_sample(key, mean, logvar, torch.zeros(16, 16, 3, dtype=torch.uint8), f"caption {key}",
-                               {"source_id": key}, "vae-sha")
+    raw = encode_latent_sample(
+        key, mean, logvar, torch.zeros(16, 16, 3, dtype=torch.uint8), f"caption {key}", {"source_id": key}, "vae-sha"
+    )
     if bad is not None:
         mean[0, 0, 0, 0] = bad
-        raw[POSTERIOR_KEY] = save_tensors({"mean": mean.to(torch.bfloat16), "logvar": logvar.to(torch.bfloat16)},
-                                          metadata={"vae": "vae-sha"})
+        raw[POSTERIOR_KEY] = save_tensors(
+            {"mean": mean.to(torch.bfloat16), "logvar": logvar.to(torch.bfloat16)}, metadata={"vae": "vae-sha"}
+        )
     return raw
 
 
@@ -76,5 +78,10 @@ def test_cache_latents_writes_no_non_finite_latent(video_shards, tmp_path):  # n
 
     urls = sorted(str(p) for p in video_shards.glob("train-*.tar"))
     with pytest.raises(DataError, match="NaN or inf in its mean.*32-true"):
-        build_cache(urls, Encoders(posterior=posterior, vae="vae-sha"), CacheConfig(out_dir=str(tmp_path), workers=0), quiet=True)
+        build_cache(
+            urls,
+            Encoders(posterior=posterior, vae="vae-sha"),
+            CacheConfig(out_dir=str(tmp_path), workers=0),
+            quiet=True,
+        )
     assert not list(tmp_path.glob("*.tar")) and not list(tmp_path.glob("*.stats.json")), "nothing under a final name"

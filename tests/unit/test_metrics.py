@@ -115,7 +115,9 @@ def test_is_matches_the_reference_split_code():
         kl = part * (np.log(part) - np.log(np.mean(part, axis=0, keepdims=True)))
         scores.append(np.exp(np.mean(np.sum(kl, axis=1))))
     mean, std = inception_score(probs)
-    assert mean.item() == pytest.approx(np.mean(scores), rel=1e-12) and std.item() == pytest.approx(np.std(scores), rel=1e-9)
+    assert mean.item() == pytest.approx(np.mean(scores), rel=1e-12) and std.item() == pytest.approx(
+        np.std(scores), rel=1e-9
+    )
 
 
 def test_video_is_through_a_one_hot_c3d_file(tmp_path):
@@ -165,7 +167,9 @@ def test_fff_ssim_equals_skimage_on_a_natural_image():
     """skimage.data.astronaut() against a shifted, noised copy and against itself."""
     img = skimage.data.astronaut()[::2, ::2]  # 256x256x3, a dv-sized frame
     rng = np.random.default_rng(1)
-    other = np.clip(np.roll(img, (3, -2), axis=(0, 1)).astype(int) + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+    other = np.clip(np.roll(img, (3, -2), axis=(0, 1)).astype(int) + rng.integers(-20, 20, img.shape), 0, 255).astype(
+        np.uint8
+    )
     first = torch.from_numpy(np.stack([other, img]))  # generated first frames
     reference = torch.from_numpy(np.stack([img, img]))
     gen_videos = first[:, None].repeat(1, 3, 1, 1, 1)  # (B, T, H, W, 3)
@@ -198,7 +202,9 @@ def test_clip_sim_is_100_times_the_mean_frame_caption_cosine(clip):
     metric.update(vids, captions)
     net = clip.net
     with torch.no_grad():
-        image = torch.nn.functional.normalize(net.encode_image(clip.preprocess(vids.flatten(0, 1))), dim=-1).view(2, 3, -1)
+        image = torch.nn.functional.normalize(net.encode_image(clip.preprocess(vids.flatten(0, 1))), dim=-1).view(
+            2, 3, -1
+        )
         text = torch.nn.functional.normalize(net.encode_text(open_clip.get_tokenizer("dv-tiny-clip")(captions)), dim=-1)
     expected = 100 * (image * text[:, None]).sum(-1).mean().item()
     assert metric.compute().item() == pytest.approx(expected, rel=1e-5)

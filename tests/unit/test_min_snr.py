@@ -41,7 +41,10 @@ def test_diffusers_weighting_keeps_the_noisiest_v_losses_whole():
     assert torch.equal(m.loss_weights(t[-2:]), torch.ones(2)), "SNR + 1 < γ: the full v loss"
     hang = T2VModule(diffusion=DiffusionConfig(prediction_type="v_prediction", snr_gamma=5.0))
     assert hang.loss_weights(t[-1:]) < 0.01, "Hang et al.'s v weight vanishes as SNR → 0"
-    eps = {w: T2VModule(diffusion=DiffusionConfig(snr_gamma=5.0, snr_weighting=w)).loss_weights(t) for w in ("hang", "diffusers")}
+    eps = {
+        w: T2VModule(diffusion=DiffusionConfig(snr_gamma=5.0, snr_weighting=w)).loss_weights(t)
+        for w in ("hang", "diffusers")
+    }
     assert torch.equal(eps["hang"], eps["diffusers"]), "the two agree for ε"
 
 

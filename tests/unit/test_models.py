@@ -16,7 +16,11 @@ from tests.tiny import tiny_backbone, tiny_dreamvideo, tiny_t2v
 def make_batch(b: int = 2, t: int = 4, size: int = 16, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     video = torch.randint(0, 256, (b, t, size, size, 3), generator=g, dtype=torch.uint8)
-    return {"video": video, "caption": [f"the camera pans left over a photo of thing {i}" for i in range(b)], "meta": [{}] * b}
+    return {
+        "video": video,
+        "caption": [f"the camera pans left over a photo of thing {i}" for i in range(b)],
+        "meta": [{}] * b,
+    }
 
 
 def predict(module, batch, seed=1, with_image=True):
@@ -159,8 +163,13 @@ def test_space_to_depth_is_lossless_and_kl_chunking_is_exact():
     assert z.shape == (2, 12, 5, 4, 4)
     torch.testing.assert_close(s2d.decode(z), video)
     torch.manual_seed(0)
-    kl_cfg = dict(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                  up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, layers_per_block=1)
+    kl_cfg = dict(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+        layers_per_block=1,
+    )
     whole = FrameAutoencoder(AutoencoderConfig(kind="kl", kl=kl_cfg, chunk_frames=100))
     chunked = FrameAutoencoder(AutoencoderConfig(kind="kl", kl=kl_cfg, chunk_frames=3))
     chunked.load_state_dict(whole.state_dict())

@@ -23,7 +23,9 @@ def test_default_schedule_is_modelscope_s():
 
 def test_zero_terminal_snr_with_trailing_steps():
     m = T2VModule(diffusion=DiffusionConfig(**ZERO_SNR))
-    reference = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True)
+    reference = DDPMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True
+    )
     torch.testing.assert_close(m.noise_scheduler.alphas_cumprod, reference.alphas_cumprod)
     assert float(m.noise_scheduler.alphas_cumprod[-1]) == pytest.approx(0.0, abs=1e-6)
     ddim = ddim_scheduler(m.noise_scheduler)

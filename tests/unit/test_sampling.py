@@ -89,7 +89,9 @@ def test_t2v_model_refuses_an_image_and_needs_a_condition():
 def test_chained_batch_equals_chained_one_by_one(dreamvideo_sampler):
     s = dreamvideo_sampler
     images = torch.cat([image(0), image(1)])
-    batched, _ = s.chained_batch([["pan left", "a boat"], ["zoom in", "pan up"]], images, CONFIG, seeds=[5, 9], progress=False)
+    batched, _ = s.chained_batch(
+        [["pan left", "a boat"], ["zoom in", "pan up"]], images, CONFIG, seeds=[5, 9], progress=False
+    )
     for i, (prompts, seed) in enumerate(((["pan left", "zoom in"], 5), (["a boat", "pan up"], 9))):
         single, _ = s.chained(prompts, images[i : i + 1], CONFIG, seed=seed, progress=False)
         torch.testing.assert_close(batched[i : i + 1], single, rtol=1e-4, atol=1e-5)

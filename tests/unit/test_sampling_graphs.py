@@ -18,8 +18,13 @@ from tests.tiny import tiny_dreamvideo
 @pytest.mark.parametrize("eta", [0.0, 0.8])
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])
 def test_table_step_equals_diffusers_step_bit_for_bit(prediction_type, eta, spacing):
-    train = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                          prediction_type=prediction_type, timestep_spacing=spacing)
+    train = DDPMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        prediction_type=prediction_type,
+        timestep_spacing=spacing,
+    )
     scheduler = ddim_scheduler(train)
     tables = ddim_tables(scheduler, 7, eta)
     g = torch.Generator().manual_seed(0)

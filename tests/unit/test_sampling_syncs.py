@@ -53,8 +53,15 @@ def test_no_host_reads_in_the_denoising_loop():
     config = SamplerConfig(steps=4, eta=0.0, s_text=3.0, s_image=1.5)
     generators = [torch.Generator().manual_seed(s) for s in range(b)]
     with torch.no_grad(), mode:
-        ddim_sample(armed_denoiser, ddim_scheduler(module.noise_scheduler), (b, 12, 3, 4, 4), cond, config, generators,
-                    progress=False)
+        ddim_sample(
+            armed_denoiser,
+            ddim_scheduler(module.noise_scheduler),
+            (b, 12, 3, 4, 4),
+            cond,
+            config,
+            generators,
+            progress=False,
+        )
     assert mode.armed and mode.reads == [], f"host reads in the loop: {sorted(set(mode.reads))}"
 
 
@@ -67,7 +74,9 @@ def test_image_features_are_computed_once_per_video_not_per_step():
     module.branch.register_forward_hook(lambda *_: branch_calls.append(1))
     for steps in (2, 5):
         calls.clear(), branch_calls.clear()
-        sampler.sample(["a cat", "a dog"], torch.rand(2, 3, 8, 8) * 2 - 1, SamplerConfig(steps=steps), [0, 1], progress=False)
+        sampler.sample(
+            ["a cat", "a dog"], torch.rand(2, 3, 8, 8) * 2 - 1, SamplerConfig(steps=steps), [0, 1], progress=False
+        )
         assert calls == [2, 2], "conv_s runs twice per sample call (white and reference images), whatever the steps"
         assert len(branch_calls) == steps, "one batched branch call per step (Eq. 5)"
 
@@ -78,8 +87,12 @@ def test_no_syncs_in_the_sampler_counting_copies_masks_and_its_setup(eta):
     denoiser = Denoiser(module.backbone.unet, module.branch)
     b, steps = 2, 4
     text = torch.randn(b, 16, 32)
-    cond = Conditions(text=text, null_text=torch.zeros_like(text), image=module.branch.encode_image(torch.rand(b, 3, 8, 8)),
-                      null_image=module.branch.encode_image(torch.ones(b, 3, 8, 8)))
+    cond = Conditions(
+        text=text,
+        null_text=torch.zeros_like(text),
+        image=module.branch.encode_image(torch.rand(b, 3, 8, 8)),
+        null_image=module.branch.encode_image(torch.ones(b, 3, 8, 8)),
+    )
     counter = SyncCounter()
     in_loop = []
 
@@ -92,8 +105,15 @@ def test_no_syncs_in_the_sampler_counting_copies_masks_and_its_setup(eta):
     generators = [torch.Generator().manual_seed(s) for s in range(b)]
     with torch.no_grad(), counter:
         counter.armed, counter.label = True, "setup"
-        ddim_sample(labelled_denoiser, ddim_scheduler(module.noise_scheduler), (b, 12, 3, 4, 4), cond, config, generators,
-                    progress=False)
+        ddim_sample(
+            labelled_denoiser,
+            ddim_scheduler(module.noise_scheduler),
+            (b, 12, 3, 4, 4),
+            cond,
+            config,
+            generators,
+            progress=False,
+        )
     assert len(in_loop) == steps
     assert [s for s in counter.syncs if s[0] == "loop"] == [], f"syncs in the loop: {counter.syncs}"
     # The set-up tabulates the scheduler's coefficients once per video (ddim_tables): three reads of the scheduler's

@@ -164,8 +164,15 @@ def test_expand_shards_names_the_pattern_that_matches_nothing(tmp_path):
 def test_build_report_lists_counts_skips_by_reason_and_failures():
     from dv.data.shards import build_report
 
-    text = build_report("latent shards", 2, 1, {"train-000003.tar": "disk full"}, "clips encoded: 9",
-                        {"undecodable": 2, "too short": 1}, "clips")
+    text = build_report(
+        "latent shards",
+        2,
+        1,
+        {"train-000003.tar": "disk full"},
+        "clips encoded: 9",
+        {"undecodable": 2, "too short": 1},
+        "clips",
+    )
     assert text.splitlines() == [
         "latent shards: 2 written, 1 already complete, 1 failed",
         "clips encoded: 9",
@@ -173,4 +180,6 @@ def test_build_report_lists_counts_skips_by_reason_and_failures():
         "FAILED train-000003.tar: disk full (rerun the same command to redo it)",
     ]
     assert build_report("shards", 1, 0, {}, "clips written: 4", {}, "sources").splitlines() == [
-        "shards: 1 written, 0 already complete, 0 failed", "clips written: 4"]
+        "shards: 1 written, 0 already complete, 0 failed",
+        "clips written: 4",
+    ]

@@ -18,14 +18,23 @@ from dv.models.speed import (
 from tests.tiny import tiny_backbone, tiny_dreamvideo, tiny_t2v
 
 NAMES = [
-    "unet.down_blocks.0", "unet.down_blocks.1", "unet.mid_block", "unet.up_blocks.0", "unet.up_blocks.1",
-    "branch.down_blocks.0", "branch.down_blocks.1", "branch.mid_block",
+    "unet.down_blocks.0",
+    "unet.down_blocks.1",
+    "unet.mid_block",
+    "unet.up_blocks.0",
+    "unet.up_blocks.1",
+    "branch.down_blocks.0",
+    "branch.down_blocks.1",
+    "branch.mid_block",
 ]
 
 
 def batch(seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {"video": torch.randint(0, 256, (2, 3, 8, 8, 3), generator=g, dtype=torch.uint8), "caption": ["a cat", "a boat"]}
+    return {
+        "video": torch.randint(0, 256, (2, 3, 8, 8, 3), generator=g, dtype=torch.uint8),
+        "caption": ["a cat", "a boat"],
+    }
 
 
 def perturbed_dreamvideo():
@@ -59,7 +68,11 @@ def test_selection_words_patterns_and_errors():
     # high-res: the blocks at the latent's full resolution, of the U-Net and of the branch.
     assert select_blocks("high-res", NAMES) == ["unet.down_blocks.0", "unet.up_blocks.1", "branch.down_blocks.0"]
     assert select_blocks(["high-res", "mid"], NAMES) == [
-        "unet.down_blocks.0", "unet.mid_block", "unet.up_blocks.1", "branch.down_blocks.0", "branch.mid_block"
+        "unet.down_blocks.0",
+        "unet.mid_block",
+        "unet.up_blocks.1",
+        "branch.down_blocks.0",
+        "branch.mid_block",
     ]
 
 

@@ -40,9 +40,18 @@ def test_training_steps_sync_only_when_the_logger_writes(make, tmp_path):
     module = make(ema_decay=0.9)
     counter = SyncCounter()
     steps = 2 * LOG_EVERY
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, log_every_n_steps=LOG_EVERY,
-                        gradient_clip_val=1.0, logger=L.pytorch.loggers.CSVLogger(tmp_path), enable_checkpointing=False,
-                        enable_model_summary=False, enable_progress_bar=True, callbacks=[_Label(counter)])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        log_every_n_steps=LOG_EVERY,
+        gradient_clip_val=1.0,
+        logger=L.pytorch.loggers.CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=True,
+        callbacks=[_Label(counter)],
+    )
     with counter:
         trainer.fit(module, DataLoader(_batches(steps, stride=make is tiny_dynamicrafter), batch_size=None))
     logging_steps = {s for s in range(steps) if (s + 1) % LOG_EVERY == 0}
@@ -68,5 +77,12 @@ def test_the_counter_sees_each_kind_of_sync():
         torch.where(x > 1, x, 0)  # the three-argument form: no sync
         x.to(x.device)  # the same device: no copy
     names = [name for _, name in counter.syncs]
-    assert names == ["item", "__getitem__[bool mask]", "nonzero", "__bool__", "tensor(host data, device=)", "cpu",
-                     "__getitem__[0-dim tensor]"], names
+    assert names == [
+        "item",
+        "__getitem__[bool mask]",
+        "nonzero",
+        "__bool__",
+        "tensor(host data, device=)",
+        "cpu",
+        "__getitem__[0-dim tensor]",
+    ], names

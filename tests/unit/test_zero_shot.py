@@ -48,8 +48,16 @@ def run_latents(module, denoise, *, b=1, num_frames=3, window=3, steps=3, resamp
     generators = [torch.Generator().manual_seed(seed + i) for i in range(b)]
     config = SamplerConfig(steps=steps, s_text=s_text)
     latents = ti2v_zero_latents(
-        denoise, ddim_scheduler(module.noise_scheduler), first, cond, num_frames, window, config, generators,
-        resample_steps=resample_steps, progress=False,
+        denoise,
+        ddim_scheduler(module.noise_scheduler),
+        first,
+        cond,
+        num_frames,
+        window,
+        config,
+        generators,
+        resample_steps=resample_steps,
+        progress=False,
     )
     return latents, first
 
@@ -59,8 +67,16 @@ def test_shape_range_and_first_frame(module):
     # image latent, which for the lossless space-to-depth autoencoder decodes back to the same pixels.
     imgs = images(2)
     video = ti2v_zero_sample(
-        module.backbone, module.noise_scheduler, ["a cat", "a dog"], imgs, num_frames=4,
-        config=SamplerConfig(steps=2), seeds=[0, 1], resample_steps=1, window=3, progress=False,
+        module.backbone,
+        module.noise_scheduler,
+        ["a cat", "a dog"],
+        imgs,
+        num_frames=4,
+        config=SamplerConfig(steps=2),
+        seeds=[0, 1],
+        resample_steps=1,
+        window=3,
+        progress=False,
     )
     assert video.shape == (2, 3, 4, SIZE, SIZE)
     assert torch.isfinite(video).all() and video.min() >= -1 and video.max() <= 1
@@ -187,8 +203,16 @@ def test_bad_settings_raise_config_error(module, change, match):
 def test_every_problem_is_reported_at_once(module):
     with pytest.raises(ConfigError) as info:
         ti2v_zero_sample(
-            module.backbone, module.noise_scheduler, [], images(1), num_frames=1,
-            config=SamplerConfig(steps=2), seeds=[0], resample_steps=-1, window=0, progress=False,
+            module.backbone,
+            module.noise_scheduler,
+            [],
+            images(1),
+            num_frames=1,
+            config=SamplerConfig(steps=2),
+            seeds=[0],
+            resample_steps=-1,
+            window=0,
+            progress=False,
         )
     for name in ("num_frames", "window", "resample_steps", "prompt"):
         assert name in str(info.value)
