@@ -34,12 +34,20 @@ def test_every_named_module_exists():
 
 
 def test_named_functions_and_classes_exist():
-    for module, name in [("dv.diffusion.pipeline", "generate"), ("dv.diffusion.pipeline", "MODES"),
-                         ("dv.diffusion.loss", "denoising_loss"), ("dv.diffusion.loss", "TrainInputs"),
-                         ("dv.recipe", "Recipe"), ("dv.checkpoint", "load_trained"), ("dv.checkpoint", "trained_recipe"),
-                         ("dv.models.denoiser", "ConditioningBranch"), ("dv.models.retention", "RetentionBranch"),
-                         ("dv.models.dynamicrafter", "DynamiCrafterBranch"), ("dv.strategies", "DVFSDPStrategy"),
-                         ("dv.lit.t2v", "DiffusionConfig")]:
+    for module, name in [
+        ("dv.diffusion.pipeline", "generate"),
+        ("dv.diffusion.pipeline", "MODES"),
+        ("dv.diffusion.loss", "denoising_loss"),
+        ("dv.diffusion.loss", "TrainInputs"),
+        ("dv.recipe", "Recipe"),
+        ("dv.checkpoint", "load_trained"),
+        ("dv.checkpoint", "trained_recipe"),
+        ("dv.models.denoiser", "ConditioningBranch"),
+        ("dv.models.retention", "RetentionBranch"),
+        ("dv.models.dynamicrafter", "DynamiCrafterBranch"),
+        ("dv.strategies", "DVFSDPStrategy"),
+        ("dv.lit.t2v", "DiffusionConfig"),
+    ]:
         assert hasattr(importlib.import_module(module), name), f"{module}.{name}"
     assert hasattr(importlib.import_module("dv.lit.t2v").T2VModule, "train_inputs")
 
