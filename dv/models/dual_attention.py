@@ -55,7 +55,15 @@ class DualCrossAttnProcessor(nn.Module):
             # K_img starts as K_txt (the image tokens are meant to be text-aligned); V_img at zero keeps step 0 exact.
             self.to_k_img.weight.copy_(attn.to_k.weight)
             self.to_v_img.weight.zero_()
-        self.image_scale = nn.Parameter(torch.tensor(float(image_scale)))
+        # λ is a 1-element vector, not a 0-d scalar: FSDP flattens parameters and refuses scalar ones.
+        self.image_scale = nn.Parameter(torch.full((1,), float(image_scale)))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Weights saved while λ was a 0-d scalar (dv 0.x exports, the shipped tiny model) load as its 1-vector."""
+        key = prefix + "image_scale"
+        if key in state_dict and state_dict[key].dim() == 0:
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def frame_tokens(self, image: torch.Tensor) -> torch.Tensor:
         """Each row's own image tokens (rows are (batch frame)): (R, F·Q, D) -> (R, Q, D)."""
