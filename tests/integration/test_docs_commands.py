@@ -350,6 +350,9 @@ def run_data_prep_build(words: list[str], world: World) -> None:
 
 
 def run_data_prep_stats(words: list[str], world: World) -> None:
+    """`python -m data_prep stats ...`, or its new name `dv shard-stats ...`, as written."""
+    if words[0] == "dv":
+        return run_dv()(words, world)
     _in_world(world, lambda: data_prep_main(words[3:]))
 
 
@@ -370,9 +373,17 @@ class StandIn:
     run: Callable
 
 
+def dv_help(words: list[str], capsys_or_world=None) -> None:
+    """`dv --help` lists every command, the moved ones included."""
+    result = subprocess.run([sys.executable, "-m", "dv", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert all(name in result.stdout for name in ("shards", "check-data", "claims", "trajectory")), result.stdout
+
+
 FIT = StandIn(parse_lightning, run_fit)
 VALIDATE = StandIn(parse_lightning, run_dv())
 DATA_PREP_BUILD = StandIn(parse_data_prep, run_data_prep_build)
+SHARD_STATS = StandIn(parse_data_prep, run_data_prep_stats)
 CLAIMS = StandIn(parse_help, elsewhere("tests/integration/test_claims.py::test_claims_pipeline_writes_every_table"))
 CAPTION_PROBE = StandIn(
     parse_help, elsewhere("tests/unit/test_claims_captions.py::test_the_probe_sees_a_model_that_reads_the_caption")
@@ -401,7 +412,9 @@ COMMANDS: dict[str, StandIn] = {
     # The shard builder: `dv shards` is its new name.
     "python -m data_prep build": DATA_PREP_BUILD,
     "dv shards": DATA_PREP_BUILD,
-    "python -m data_prep stats": StandIn(parse_data_prep, run_data_prep_stats),
+    "python -m data_prep stats": SHARD_STATS,
+    "dv shard-stats": SHARD_STATS,
+    "dv --help": StandIn(dv_help, dv_help),
     "python -m lightning.pytorch.utilities.consolidate_checkpoint": StandIn(
         parse_help, elsewhere("tests/integration/test_distributed.py::test_fsdp_full_shard_trains_as_ddp_does")
     ),
@@ -453,6 +466,7 @@ RENAMED = {
     "python -m dv.claims.captions": "dv probe-captions",
     "python -m dv.diffusion.trajectory": "dv trajectory",
     "python -m data_prep build": "dv shards",
+    "python -m data_prep stats": "dv shard-stats",
     "python -m dv.data.datamodule": "dv check-data",
 }
 """Old command -> new name (the old stays an alias): both spellings must find the same stand-in."""
