@@ -335,7 +335,8 @@ def run_torchrun(words: list[str], world: World) -> None:
 
 def run_data_prep_build(words: list[str], world: World) -> None:
     """camera-pans is built as written (into the world), at 32 px, one clip a move, the val split."""
-    words = ["python", "-m", *words[1:]] if words[0] == "dv" else words  # `dv shards` as `python -m data_prep build`
+    if words[0] == "dv":  # `dv shards ...` as `python -m data_prep build ...`
+        words = ["python", "-m", "data_prep", "build", *words[2:]]
     if "camera-pans" not in words:
         pytest.skip(
             "needs the source's videos (Pexels, UCF-101, MSR-VTT): the flags are checked by `check`; the "
