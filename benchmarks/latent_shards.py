@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from dv.bench.workload import video_shape
+from dv.bench.workload import meta_workload
 from dv.data.shards import (
     LATENT_KIND,
     SampleTarWriter,
@@ -26,29 +26,19 @@ from dv.data.shards import (
     stats_name,
     write_stats,
 )
-from dv.models.autoencoder import AutoencoderConfig, FrameAutoencoder
-from dv.models.text import TextEncoder, TextEncoderConfig
-from dv.recipe import load_recipe
 
 
-def latent_shapes(recipe: dict) -> tuple[tuple[int, ...], tuple[int, int]]:
-    """((c, T, h, w) of a clip's posterior, (L, D) of its text embedding) for the recipe's model."""
-    frames, size, _ = video_shape(recipe)
-    backbone = recipe["model"]["init_args"].get("backbone") or {}
-    ae_cfg = AutoencoderConfig(**{**(backbone.get("autoencoder") or {}), "weights": None})
-    text_cfg = TextEncoderConfig(**{**(backbone.get("text") or {}), "checkpoint": None})
-    with torch.device("meta"):  # shapes only: no memory, no initialisation time
-        ae = FrameAutoencoder(ae_cfg)
-        text = TextEncoder(text_cfg)
+def latent_shapes(recipe_path: str) -> tuple[tuple[int, ...], tuple[int, int], int]:
+    """((c, T, h, w) of a clip's posterior, (L, D) of its text embedding, frame size) for the recipe's model."""
+    module, frames, size, _, _ = meta_workload(recipe_path, None)  # built on the meta device: shapes only
+    ae, text = module.backbone.autoencoder, module.backbone.text
     d = ae.downscale
-    return (ae.latent_channels, frames, size // d, size // d), (text.context_length, text.width)
+    return (ae.latent_channels, frames, size // d, size // d), (text.context_length, text.width), size
 
 
 def write_shards(recipe_path: str, out: str, clips: int, shards: int, seed: int = 0) -> list[str]:
     """`shards` train shards of `clips` clips in all under `out` (train-000000.tar ...); returns their paths."""
-    recipe = load_recipe(recipe_path)
-    latent, text = latent_shapes(recipe)
-    _, size, _ = video_shape(recipe)
+    latent, text, size = latent_shapes(recipe_path)
     g = torch.Generator().manual_seed(seed)
     Path(out).mkdir(parents=True, exist_ok=True)
     paths = []
