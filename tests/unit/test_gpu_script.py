@@ -21,7 +21,7 @@ compile switch): the others differ from these only in their flags, and all ten t
 def test_gpu_script_dry_run_gives_one_full_table(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
     proc = subprocess.run(
-        ["bash", "benchmarks/gpu.sh", "--dry-run", "dv-b8", "dv-b8-cl", "sample", "t2v-b8-compile"],
+        ["bash", "benchmarks/gpu.sh", "--dry-run", "tests", "dv-b8", "dv-b8-cl", "sample", "t2v-b8-compile"],
         cwd=ROOT,
         env=env,
         capture_output=True,
