@@ -141,7 +141,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="parameter counts of a recipe's model, built on the meta device")
     info.add_argument("--recipe", required=True)
     export = sub.add_parser("export", help="write a checkpoint's trained weights to one safetensors file")
-    export.add_argument("--recipe", required=True)
+    export.add_argument(
+        "--recipe", default=None, help="the recipe it was trained with (default: the one the .ckpt carries)"
+    )
     export.add_argument("--ckpt", required=True)
     export.add_argument("--out", required=True)
     export.add_argument("--no-ema", action="store_true", help="export the raw weights even when an EMA was kept")
@@ -167,9 +169,11 @@ def dispatch(argv: list[str]) -> int | None:
 
         info.run(args.recipe)
     elif args.command == "export":
+        from dv.checkpoint import trained_recipe
         from dv.lit.export import export_checkpoint
 
-        path = export_checkpoint(args.recipe, args.ckpt, args.out, use_ema=not args.no_ema)
+        recipe = trained_recipe(args.recipe, args.ckpt)  # a checkpoint dv fit wrote carries its recipe
+        path = export_checkpoint(recipe, args.ckpt, args.out, use_ema=not args.no_ema)
         print(f"wrote {path}")
     else:
         result = importlib.import_module(COMMANDS[args.command][0]).run(args)

@@ -7,7 +7,7 @@ import json
 
 from dv import __version__
 from dv.models.trainable import export_part
-from dv.recipe import build_model, restore_trained_weights
+from dv.recipe import Recipe, build_model, restore_trained_weights
 
 
 def plain(value):
@@ -21,7 +21,7 @@ def plain(value):
     return value
 
 
-def export_checkpoint(recipe: str, ckpt: str, out: str, use_ema: bool = True) -> str:
+def export_checkpoint(recipe: str | Recipe, ckpt: str, out: str, use_ema: bool = True) -> str:
     """Write the trained weights of `ckpt` (EMA when kept) as safetensors at `out`; returns `out`."""
     from dv.models.pretrained import save_dv_weights
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from dv.checkpoint import RECIPE_KEY, RecipeInCheckpoint, carried_recipe, load_trained, trained_recipe
 from dv.cli import COMMANDS, OLD_FORMS, build_parser, deprecation_line
@@ -161,6 +162,12 @@ def test_a_checkpoint_that_carries_its_recipe_needs_no_recipe(tmp_path, monkeypa
         == 0
     )
     assert out.stat().st_size > 0
+    # dv export too: the checkpoint's recipe rebuilds the model; the export equals one made with --recipe.
+    exports = [tmp_path / "carried.safetensors", tmp_path / "given.safetensors"]
+    assert dv_main(["export", "--ckpt", ckpt, "--out", str(exports[0])]) == 0
+    assert dv_main(["export", "--recipe", RECIPE, "--ckpt", ckpt, "--out", str(exports[1])]) == 0
+    carried_w, given_w = (load_file(str(p)) for p in exports)
+    assert carried_w.keys() == given_w.keys() and all(torch.equal(carried_w[k], given_w[k]) for k in given_w)
 
 
 def test_a_checkpoint_without_its_recipe_rebuilds_the_model_but_asks_for_the_shape(tmp_path, monkeypatch):
