@@ -522,7 +522,7 @@ def _write_all(tasks: Sequence[ShardTask], cfg: BuildConfig, summary: BuildSumma
                 if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                     # Not this shard's fault: every later one would fail the same way. Finished shards are whole.
                     raise DataError(
-                        f"no space left on device writing {shard.tmp}; the finished shards are whole: "
+                        f"no space left on device writing {shard.out.tmp}; the finished shards are whole: "
                         "free some space and rerun the same command"
                     ) from None
                 failed.add(key)
