@@ -116,8 +116,9 @@ def to_channels_last(module: torch.nn.Module) -> int:
     return n
 
 
-def meta_workload(recipe_path: str, batch_size: int | None) -> tuple:
-    """(module built on the meta device, frames, size, batch size, bf16) of a recipe: its shapes, no memory."""
+def recipe_model(recipe_path: str, batch_size: int | None) -> tuple[Recipe, L.LightningModule, int, int, int]:
+    """(recipe parsed once, its module constructed but not built, frames, size, batch size) for dv bench: the batch
+    size given, else the recipe's; a module without a backbone is a ConfigError."""
     recipe = Recipe.load(recipe_path)
     frames, size = recipe.video_shape()
     batch_size = batch_size or int(getattr(recipe.data_args(), "batch_size", None) or 1)
@@ -128,6 +129,12 @@ def meta_workload(recipe_path: str, batch_size: int | None) -> tuple:
         raise ConfigError(
             f"dv bench knows modules with a backbone (T2VModule and its subclasses), not {type(module).__name__}"
         )
+    return recipe, module, frames, size, batch_size
+
+
+def meta_workload(recipe_path: str, batch_size: int | None) -> tuple:
+    """(module built on the meta device, frames, size, batch size, bf16) of a recipe: its shapes, no memory."""
+    recipe, module, frames, size, batch_size = recipe_model(recipe_path, batch_size)
     with torch.device("meta"):
         module.configure_model()
     precision = str(recipe.trainer_args().precision or "bf16-mixed")
@@ -148,20 +155,11 @@ def build_workload(
     `latents` trains from a latent batch (as from `dv cache-latents --text` shards); `channels_last` lays the
     convolution weights out channels-last.
     """
-    recipe = Recipe.load(recipe_path)  # parsed once: the shapes, the model and the trainer settings come from it
-    frames, size = recipe.video_shape()
-    batch_size = batch_size or int(getattr(recipe.data_args(), "batch_size", None) or 1)
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, not {batch_size}")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
-    module = recipe.build_model()
-    cfg = getattr(module, "backbone_config", None)
-    if cfg is None:
-        raise ConfigError(
-            f"dv bench knows modules with a backbone (T2VModule and its subclasses), not {type(module).__name__}"
-        )
+    recipe, module, frames, size, batch_size = recipe_model(recipe_path, batch_size)
+    cfg = module.backbone_config
     # Random weights: no weight files are needed, and the timings are those of the real shapes.
     cfg.unet_weights, cfg.autoencoder.weights, cfg.text.checkpoint = [], None, None
     if compile is not None:
