@@ -3,28 +3,12 @@ shards) and run no frozen encoder; `--channels-last` and `--cudnn-benchmark` are
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 import torch
-import yaml
 
 from dv.bench import plain
 from dv.bench.dvpath import fit_times, loss_and_backward
 from dv.bench.workload import build_workload
 from dv.cli import main
-
-DEMO = Path(__file__).parents[2] / "recipes" / "demo.yaml"
-
-
-@pytest.fixture(scope="module")
-def tiny_recipe(tmp_path_factory) -> str:
-    """recipes/demo.yaml's model on 4×16×16 clips, batch 2."""
-    recipe = yaml.safe_load(DEMO.read_text())
-    recipe["data"]["init_args"].update(num_frames=4, frame_size=16, batch_size=2)
-    path = tmp_path_factory.mktemp("recipe") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return str(path)
 
 
 def test_latent_steps_run_no_frozen_encoder(tiny_recipe):
