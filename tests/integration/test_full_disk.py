@@ -116,6 +116,8 @@ def test_full_disk_during_a_shard_build_keeps_the_finished_shards(tmp_path, pans
             stats = read_stats(out / "s" / name.replace(".tar", ".stats.json"))
             samples = whole_tar(out / "s" / name)  # renamed into place only once whole, even without its stats
             assert stats is None or samples == stats.samples_written, name
+        for name in finished:  # the same flags as the `pans_shards` build: the same bytes
+            assert (out / "s" / name).read_bytes() == (pans_shards / name).read_bytes(), name
         assert all(n.endswith((".tar", ".stats.json", ".tmp")) for n in built), sorted(built)
 
 
