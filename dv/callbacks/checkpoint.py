@@ -37,8 +37,15 @@ class ModelCheckpoint(LightningModelCheckpoint):
     Lightning writes `last.ckpt` only when a step- or epoch-triggered save falls on it (or when nothing was saved at
     all), so a 225-step run with `every_n_train_steps: 100` ended with `last.ckpt` at step 200: `dv export`,
     `dv validate` and `--ckpt_path last` silently lost the last 25 steps. This saves `last` once more at the end
-    of training when it is behind. Everything else is Lightning's.
+    of training when it is behind.
+
+    A step's file is replaced, not versioned (`enable_version_counter` defaults to False): a run killed after
+    writing `epoch=E-step=S.ckpt` but before `last.ckpt` resumes from the older `last.ckpt` and reaches step S
+    again, and Lightning then wrote `epoch=E-step=S-v1.ckpt` beside the stale file. Everything else is Lightning's.
     """
+
+    def __init__(self, *args: Any, enable_version_counter: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, enable_version_counter=enable_version_counter, **kwargs)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)

@@ -87,3 +87,27 @@ def test_dv_model_checkpoint_makes_the_trainer_write_atomically(tmp_path):
     trainer = L.Trainer(callbacks=[callback], logger=False, enable_progress_bar=False, enable_model_summary=False)
     callback.setup(trainer, L.LightningModule(), "fit")
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_a_resumed_run_replaces_the_step_file_it_writes_again(tmp_path):
+    """A run killed between its step-2 file and its `last.ckpt` resumes from step 1 and writes step 2 once more:
+    one file, the new one, and no `-v1` copy beside it."""
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    def fit(max_steps: int, ckpt_path: str | None = None) -> None:
+        callback = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1, filename="{step}")
+        trainer = L.Trainer(
+            max_steps=max_steps,
+            callbacks=[callback],
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+        )
+        trainer.fit(BoringModel(), ckpt_path=ckpt_path)
+
+    fit(2)
+    (tmp_path / "step=2.ckpt").write_bytes(b"stale: the killed run's")
+    fit(2, ckpt_path=str(tmp_path / "step=1.ckpt"))
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["step=1.ckpt", "step=2.ckpt"]
+    assert torch.load(tmp_path / "step=2.ckpt", weights_only=True)["global_step"] == 2
