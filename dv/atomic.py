@@ -1,10 +1,16 @@
-"""atomic_write(): replace a file whole or not at all, on any local filesystem (temp file beside it, fsync, rename)."""
+"""Replace a file or a folder whole or not at all, on any local filesystem.
+
+`atomic_write` writes a file (temp file beside it, fsync, rename); `replace_folder` puts a finished folder (a sharded
+checkpoint) in the place of the old one by one atomic exchange.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,3 +76,52 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the entries `a` and `b` in one step (Linux renameat2 RENAME_EXCHANGE); False where that is unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):  # not glibc >= 2.28 / not Linux
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a filesystem without exchange (NFS, some FUSE)
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _fsync_folder(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def replace_folder(new: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Make the finished folder `new` (beside `path`, same filesystem) be `path`, replacing a folder or file there.
+
+    Where the filesystem can exchange two entries atomically (Linux: ext4, xfs, btrfs, tmpfs), `path` always names
+    the whole old entry or the whole new one. Elsewhere the old entry is first renamed aside to `.NAME.old`, so a
+    crash between the two renames leaves both whole, the old one under that name.
+    """
+    new, path = Path(new), Path(path)
+    if not path.exists() and not path.is_symlink():
+        os.rename(new, path)
+    elif _exchange(new, path):
+        shutil.rmtree(new) if new.is_dir() else new.unlink()  # `new` now names the old entry
+    else:
+        aside = path.with_name(f".{path.name}.old")
+        if aside.is_dir():
+            shutil.rmtree(aside)
+        os.rename(path, aside)
+        os.rename(new, path)
+        shutil.rmtree(aside) if aside.is_dir() else aside.unlink()
+    _fsync_folder(path.parent)

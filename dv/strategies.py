@@ -22,10 +22,12 @@ frozen and trainable parameters may share one FSDP unit):
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.distributed.checkpoint as distributed_checkpoint
 from lightning.fabric.strategies.fsdp import (
     _get_full_state_dict_context,
     _get_sharded_state_dict_context,
@@ -37,6 +39,7 @@ from lightning.fabric.utilities.load import _METADATA_FILENAME
 from lightning.pytorch.plugins.precision.fsdp import FSDPPrecision
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
+from torch.distributed.checkpoint.optimizer import load_sharded_optimizer_state_dict
 from torch.distributed.fsdp import (
     FullOptimStateDictConfig,
     FullStateDictConfig,
@@ -46,6 +49,7 @@ from torch.distributed.fsdp import (
 )
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
+from dv.atomic import atomic_write, replace_folder
 from dv.errors import ConfigError
 from dv.models.trainable import EMA_KEY, WRAPPER_PREFIXES, check_saved, ema_entry, unwrapped_name
 
@@ -185,10 +189,14 @@ class DVFSDPStrategy(FSDPStrategy):
         if self._state_dict_type == "full":
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         path = Path(self.broadcast(filepath))
-        if path.is_file():
-            path.unlink()
-        path.mkdir(parents=True, exist_ok=True)
-        from torch.distributed.checkpoint import save
+        # Every rank writes its shards into a staging folder beside `path`; once all have, rank 0 puts it in the
+        # place of the old checkpoint in one step (dv.atomic.replace_folder). Writing into the old folder, a kill
+        # or a full disk mid-save left a mix of two steps' shards and no whole checkpoint.
+        staging = path.with_name(f".{path.name}.tmp")
+        if self.global_rank == 0 and staging.exists():  # a killed save's
+            shutil.rmtree(staging)
+        self.barrier("dv_checkpoint_staging")
+        staging.mkdir(parents=True, exist_ok=True)
 
         # Lightning's layout ("model", "optimizer_0", meta.pt), plus the EMA whole (decay, updates, shadow)
         # among the shards, so that lightning.pytorch.utilities.consolidate_checkpoint yields a dv checkpoint.
@@ -196,9 +204,14 @@ class DVFSDPStrategy(FSDPStrategy):
         if EMA_KEY in checkpoint:
             state[EMA_KEY] = checkpoint.pop(EMA_KEY)
         state.update({f"optimizer_{i}": s for i, s in enumerate(checkpoint.pop("optimizer_states", []))})
-        save(state, checkpoint_id=path)
+        distributed_checkpoint.save(state, checkpoint_id=staging)
         if self.global_rank == 0:
-            torch.save(checkpoint, path / _METADATA_FILENAME)
+            with atomic_write(staging / _METADATA_FILENAME) as tmp:
+                torch.save(checkpoint, tmp)
+        self.barrier("dv_checkpoint_written")
+        if self.global_rank == 0:
+            replace_folder(staging, path)
+        self.barrier("dv_checkpoint_replaced")
 
     def optimizer_state(self, optimizer) -> dict[str, Any]:
         """The optimizer state; in a full checkpoint keyed as a plain optimizer keys it (as DDP writes it)."""
@@ -225,9 +238,7 @@ class DVFSDPStrategy(FSDPStrategy):
         """Restore trainable weights, EMA and optimizer states from a file or a shard folder of any world size."""
         path = Path(self.broadcast(checkpoint_path))
         if path.is_dir():
-            from torch.distributed.checkpoint import FileSystemReader
-
-            saved = FileSystemReader(path).read_metadata().state_dict_metadata
+            saved = distributed_checkpoint.FileSystemReader(path).read_metadata().state_dict_metadata
             weights = {k.removeprefix("model.") for k in saved if k.startswith("model.")}
             self._check_trainable(weights, path)
             ema = (
@@ -270,13 +281,11 @@ class DVFSDPStrategy(FSDPStrategy):
 
     def _load_sharded_ema(self, path: Path) -> dict[str, Any]:
         """Load a shard folder's EMA into the shadows (through the weights, resharded to this world size)."""
-        from torch.distributed.checkpoint import load
-
         names = set(self._ema.names)
         with _get_sharded_state_dict_context(self.model):
             shadow = {k: v for k, v in self.model.state_dict().items() if k in names}
             state = {EMA_KEY: ema_entry(0.0, 0, list(shadow), list(shadow.values()))}
-            load(state, checkpoint_id=path)
+            distributed_checkpoint.load(state, checkpoint_id=path)
             self.model.load_state_dict(state[EMA_KEY]["shadow"], strict=False)
         return self._ema_from_weights(state[EMA_KEY])
 
@@ -298,16 +307,13 @@ class DVFSDPStrategy(FSDPStrategy):
 
     def _load_sharded(self, path: Path, weights: set[str], weights_only: bool | None) -> dict[str, Any]:
         """Load the trainable weights and optimizer states of a shard folder (any world size); returns meta.pt."""
-        from torch.distributed.checkpoint import FileSystemReader, load
-        from torch.distributed.checkpoint.optimizer import load_sharded_optimizer_state_dict
-
         with _get_sharded_state_dict_context(self.model):
             # Only what the folder holds: the frozen weights came from the recipe's files.
             module_state = {"model": {k: v for k, v in self.model.state_dict().items() if k in weights}}
-            load(module_state, checkpoint_id=path)
+            distributed_checkpoint.load(module_state, checkpoint_id=path)
             self.model.load_state_dict(module_state["model"], strict=False)
             if self._fitting():
-                reader = FileSystemReader(path=path)
+                reader = distributed_checkpoint.FileSystemReader(path=path)
                 for i, optimizer in enumerate(self.optimizers):
                     key = f"optimizer_{i}"
                     state = load_sharded_optimizer_state_dict(

@@ -13,6 +13,7 @@ import lightning as L
 import pytest
 import torch
 
+from dv import atomic
 from dv.atomic import atomic_write
 from dv.callbacks.checkpoint import AtomicCheckpointIO, ModelCheckpoint
 
@@ -111,3 +112,58 @@ def test_a_resumed_run_replaces_the_step_file_it_writes_again(tmp_path):
     fit(2, ckpt_path=str(tmp_path / "step=1.ckpt"))
     assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["step=1.ckpt", "step=2.ckpt"]
     assert torch.load(tmp_path / "step=2.ckpt", weights_only=True)["global_step"] == 2
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "rename-aside"])
+def test_replace_folder_puts_the_new_folder_in_place_of_a_folder_or_a_file(tmp_path, monkeypatch, exchange):
+    if not exchange:  # a filesystem without RENAME_EXCHANGE (NFS)
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    for old_is_folder in (True, False):
+        path, new = tmp_path / f"ckpt-{old_is_folder}", tmp_path / f".ckpt-{old_is_folder}.tmp"
+        if old_is_folder:
+            path.mkdir()
+            (path / "old-shard").write_bytes(b"old")
+        else:
+            path.write_bytes(b"a one-file checkpoint")
+        new.mkdir()
+        (new / "new-shard").write_bytes(b"new")
+        atomic.replace_folder(new, path)
+        assert [p.name for p in path.iterdir()] == ["new-shard"] and not new.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-False", "ckpt-True"]
+
+
+def test_a_failed_sharded_save_keeps_the_previous_folder_whole(tmp_path, monkeypatch):
+    """DVFSDPStrategy's shard folders (state_dict_type: sharded) are written beside the old one and swapped in whole.
+    Writing into the old folder, a save that died midway left a mix of two steps' shards."""
+    import torch.distributed.checkpoint as dcp
+
+    from dv import strategies
+
+    strategy = strategies.DVFSDPStrategy(state_dict_type="sharded")
+    path = tmp_path / "last.ckpt"
+
+    def save(step: int) -> None:
+        strategy.save_checkpoint({"state_dict": {"w": torch.full((4,), float(step))}, "global_step": step}, path)
+
+    def saved() -> tuple[int, torch.Tensor]:
+        state = {"model": {"w": torch.zeros(4)}}
+        dcp.load(state, checkpoint_id=path)
+        return torch.load(path / "meta.pt", weights_only=True)["global_step"], state["model"]["w"]
+
+    save(1)
+    real_save = dcp.save
+
+    def dies_midway(state, checkpoint_id):
+        (Path(checkpoint_id) / "__0_0.distcp").write_bytes(b"half a shard")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(strategies.distributed_checkpoint, "save", dies_midway)
+    with pytest.raises(OSError):
+        save(2)
+    step, weights = saved()
+    assert step == 1 and torch.equal(weights, torch.full((4,), 1.0))
+    monkeypatch.setattr(strategies.distributed_checkpoint, "save", real_save)
+    save(3)
+    step, weights = saved()
+    assert step == 3 and torch.equal(weights, torch.full((4,), 3.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"], "the staging folder is gone"
