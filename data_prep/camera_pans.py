@@ -27,6 +27,7 @@ camera at time i·s of the stride-1 clip (s times the motion per frame), and
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -36,6 +37,7 @@ from einops import rearrange, repeat
 
 from data_prep.writer import Record
 from dv.data.camera_pans import MOVES, PHOTOS, VAL_PHOTOS, WINDOW_FRACTION, caption_for, load_photo, reference_view
+from dv.errors import ConfigError
 
 if TYPE_CHECKING:  # torch is imported where it is used: the shard workers never load it
     import torch
@@ -68,6 +70,9 @@ class PanRenderer:
     move: str
     seed: int
     fps: float = FPS
+    views: int = 1
+    """How many views of the photo clips draw from (1: the photo as it is; up to 48: its 8 quarter-turns and
+    mirror images × 6 orders of the colour channels), one per clip, deterministic in the seed."""
 
     @property
     def source_size(self) -> tuple[int, int]:
@@ -82,6 +87,7 @@ class PanRenderer:
         import torch.nn.functional as F
 
         x = rearrange(torch.tensor(load_photo(self.photo)), "h w c -> 1 c h w").float()
+        x = self._view(x, clip_index)
         # Pre-scale so the window is about `size` photo pixels: sampling then never shrinks
         # much, and bilinear needs no anti-aliasing.
         scale = size / WINDOW_FRACTION / min(x.shape[-2:])
@@ -93,6 +99,19 @@ class PanRenderer:
         out = F.grid_sample(x, grid, mode="bilinear", align_corners=False)
         out = rearrange(out.round().clamp(0, 255).to(torch.uint8), "t c h w -> t h w c")
         return np.ascontiguousarray(out.numpy())
+
+    def _view(self, x: torch.Tensor, clip_index: int) -> torch.Tensor:
+        """The photo (1, C, H, W) as clip `clip_index` sees it: one of `views` views, drawn from its own stream (a
+        build with views: 1 renders what builds before the option rendered)."""
+        if self.views <= 1:
+            return x
+        import torch
+
+        view = random.Random(f"{self.seed}/{self.photo}/{self.move}/{clip_index}/view").randrange(min(self.views, 48))
+        turns, mirror, channels = view % 4, view // 4 % 2, view // 8
+        x = torch.rot90(x, turns, dims=(-2, -1))
+        x = x.flip(-1) if mirror else x
+        return x[:, list(itertools.permutations(range(3)))[channels]]
 
     def _path(self, clip_index: int, frames: int, size: int, w: int, h: int, stride: int = 1):
         """Window centre (cx, cy) and side per frame, in photo pixels."""
@@ -139,7 +158,26 @@ def _window_grid(cx, cy, side, size: int, w: int, h: int) -> torch.Tensor:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """camera-pans has no options of its own (it uses --seed, --clips-per-video, --frames, --size)."""
+    """camera-pans' own option (it also uses --seed, --clips-per-video, --frames, --size)."""
+    g = parser.add_argument_group("camera-pans")
+    g.add_argument(
+        "--photo-views",
+        type=int,
+        default=1,
+        help="training clips show their photo in one of N views (quarter-turns, mirror images, colour-channel orders;"
+        " at most 48), so that a caption names the photo but not what the clip shows; held-out clips keep the photo"
+        " as it is (default 1: every clip as it is)",
+    )
+
+
+def settings(args: argparse.Namespace) -> dict[str, int]:
+    """camera-pans' options recorded in each shard's settings (none at their defaults: earlier builds stay whole)."""
+    views = getattr(args, "photo_views", 1)
+    if not 1 <= views <= 48:
+        raise ConfigError(
+            f"--photo-views must be 1 to 48 (the photo's 8 turns and mirror images × 6 channel orders), not {views}"
+        )
+    return {"photo_views": views} if views != 1 else {}
 
 
 def records(args: argparse.Namespace) -> dict[str, list[Record]]:
@@ -148,7 +186,8 @@ def records(args: argparse.Namespace) -> dict[str, list[Record]]:
     for photo in PHOTOS:
         split = "val" if photo in VAL_PHOTOS else "train"
         for move in MOVES:
-            renderer = PanRenderer(photo=photo, move=move, seed=args.seed)
+            views = settings(args).get("photo_views", 1) if split == "train" else 1
+            renderer = PanRenderer(photo=photo, move=move, seed=args.seed, views=views)
             meta = {"photo": photo, "move": move}
             out[split].append(Record(f"{photo}-{move}", renderer, caption_for(photo, move), meta))
     return out

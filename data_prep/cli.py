@@ -149,6 +149,7 @@ def run_build(args: argparse.Namespace) -> int:
         seed=args.seed,
         stride_range=tuple(args.stride_range) if args.stride_range else None,
         decode_threads=args.decode_threads,
+        source_settings=tuple(getattr(adapter, "settings", lambda _: {})(args).items()),
     )
     summary = build(splits, cfg, quiet=args.quiet)
     print(summary.report(), file=sys.stderr)

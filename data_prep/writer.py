@@ -103,6 +103,8 @@ class BuildConfig:
     decode_threads: int = 1
     """Decoder threads per worker (0: FFmpeg's choice); one, because workers already fill the cores and
     frame threads cost 15-20% more CPU. Does not change a shard's content."""
+    source_settings: tuple[tuple[str, Any], ...] = ()
+    """The source's own options that shape its clips (camera-pans' `photo_views`), recorded with the others."""
 
     def settings(self) -> dict[str, Any]:
         """The settings that shape a shard's content, recorded in its stats."""
@@ -110,6 +112,7 @@ class BuildConfig:
         settings = {k: getattr(self, k) for k in keys}
         if self.stride_range is not None:
             settings["stride_range"] = list(self.stride_range)
+        settings.update(self.source_settings)
         return settings
 
 

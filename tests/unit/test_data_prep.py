@@ -21,6 +21,7 @@ from skimage.registration import phase_cross_correlation
 from data_prep import camera_pans, pexels, ucf101
 from data_prep.__main__ import main
 from data_prep.writer import BuildConfig, Record, build
+from dv.claims.motion import estimate_motion
 from dv.data.shards import decode_sample, read_stats, shard_name, stats_name
 from dv.data.video import write_video
 
@@ -280,6 +281,33 @@ def test_camera_moves_are_recoverable_by_phase_correlation(photo):
     for move, sign in (("zoom-in", 1), ("zoom-out", -1)):
         v = camera_pans.PanRenderer(photo, move, seed=3).render(1, frames=6, size=64)
         assert np.sign(np.mean([_spread(v[i], v[i + 1]) for i in range(5)])) == sign, move
+
+
+def test_photo_views_vary_what_training_clips_show_and_keep_their_motion():
+    """`--photo-views 48`: the clips of one photo and move show it turned, mirrored or recoloured, each still moving
+    as its caption says (dv's motion estimator recovers it); views 1 renders as before, and held-out clips keep the
+    photo as it is."""
+    plain = camera_pans.PanRenderer("chelsea", "pan-left", seed=0)
+    viewed = camera_pans.PanRenderer("chelsea", "pan-left", seed=0, views=48)
+    assert np.array_equal(
+        camera_pans.PanRenderer("chelsea", "pan-left", seed=0, views=1).render(0, 4, 32), plain.render(0, 4, 32)
+    )
+    firsts = [viewed.render(k, 8, 64)[0] for k in range(8)]
+    assert (
+        len({f.tobytes() for f in firsts}) == 8
+        and sum(np.array_equal(f, plain.render(k, 8, 64)[0]) for k, f in enumerate(firsts)) <= 1
+    )
+    for move in camera_pans.MOVES:
+        for k in range(3):
+            assert (
+                estimate_motion(camera_pans.PanRenderer("astronaut", move, seed=0, views=48).render(k, 8, 64)).label
+                == move
+            )
+    splits = camera_pans.records(Namespace(seed=0, photo_views=48))
+    assert {r.video.views for r in splits["train"]} == {48} and {r.video.views for r in splits["val"]} == {1}
+    assert camera_pans.settings(Namespace(seed=0)) == {}  # builds before the option keep their settings
+    cfg = BuildConfig(out_dir="x", source="camera-pans", source_settings=(("photo_views", 48),))
+    assert cfg.settings()["photo_views"] == 48
 
 
 def test_renders_are_deterministic_in_the_seed():
