@@ -60,6 +60,9 @@ DEFAULT_CLIPS_PER_VIDEO = 2
 FPS = 8.0
 # Window travel direction (dx, dy) in photo coordinates; image y grows downwards.
 _PAN_DIRECTION = {"pan-left": (-1, 0), "pan-right": (1, 0), "pan-up": (0, -1), "pan-down": (0, 1)}
+_CHANNEL_ORDERS = tuple(itertools.permutations(range(3)))
+MAX_VIEWS = 4 * 2 * len(_CHANNEL_ORDERS)
+"""Views of a photo: 4 quarter-turns × mirrored or not × 6 orders of the colour channels."""
 
 
 @dataclass(frozen=True)
@@ -107,11 +110,12 @@ class PanRenderer:
             return x
         import torch
 
-        view = random.Random(f"{self.seed}/{self.photo}/{self.move}/{clip_index}/view").randrange(min(self.views, 48))
+        views = min(self.views, MAX_VIEWS)
+        view = random.Random(f"{self.seed}/{self.photo}/{self.move}/{clip_index}/view").randrange(views)
         turns, mirror, channels = view % 4, view // 4 % 2, view // 8
         x = torch.rot90(x, turns, dims=(-2, -1))
         x = x.flip(-1) if mirror else x
-        return x[:, list(itertools.permutations(range(3)))[channels]]
+        return x[:, list(_CHANNEL_ORDERS[channels])]
 
     def _path(self, clip_index: int, frames: int, size: int, w: int, h: int, stride: int = 1):
         """Window centre (cx, cy) and side per frame, in photo pixels."""
@@ -173,9 +177,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def settings(args: argparse.Namespace) -> dict[str, int]:
     """camera-pans' options recorded in each shard's settings (none at their defaults: earlier builds stay whole)."""
     views = getattr(args, "photo_views", 1)
-    if not 1 <= views <= 48:
+    if not 1 <= views <= MAX_VIEWS:
         raise ConfigError(
-            f"--photo-views must be 1 to 48 (the photo's 8 turns and mirror images × 6 channel orders), not {views}"
+            f"--photo-views must be 1 to {MAX_VIEWS} (the photo's 8 turns and mirror images × 6 channel orders), "
+            f"not {views}"
         )
     return {"photo_views": views} if views != 1 else {}
 
@@ -183,10 +188,11 @@ def settings(args: argparse.Namespace) -> dict[str, int]:
 def records(args: argparse.Namespace) -> dict[str, list[Record]]:
     """Records per split: every photo × move; VAL_PHOTOS go to val, the rest to train."""
     out: dict[str, list[Record]] = {split: [] for split in SPLITS}
+    train_views = settings(args).get("photo_views", 1)
     for photo in PHOTOS:
         split = "val" if photo in VAL_PHOTOS else "train"
+        views = train_views if split == "train" else 1
         for move in MOVES:
-            views = settings(args).get("photo_views", 1) if split == "train" else 1
             renderer = PanRenderer(photo=photo, move=move, seed=args.seed, views=views)
             meta = {"photo": photo, "move": move}
             out[split].append(Record(f"{photo}-{move}", renderer, caption_for(photo, move), meta))

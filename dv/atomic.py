@@ -34,6 +34,16 @@ def _umask() -> int:
     return mask
 
 
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` reach the disk with the folder's entry (best effort: not every filesystem can)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in `path`'s folder; when the block ends, make it `path` atomically.
@@ -69,13 +79,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         if full:
             raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (nothing was replaced)", str(path)) from exc
         raise
-    # The rename itself reaches the disk with the folder's entry.
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    _fsync_folder(path.parent)
 
 
 _AT_FDCWD = -100
@@ -94,15 +98,6 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a filesystem without exchange (NFS, some FUSE)
         return False
     raise OSError(err, os.strerror(err), str(b))
-
-
-def _fsync_folder(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def replace_folder(new: str | os.PathLike, path: str | os.PathLike) -> None:

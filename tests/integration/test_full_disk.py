@@ -14,6 +14,7 @@ import pytest
 import webdataset as wds
 
 from dv.data.shards import decode_sample, read_stats
+from tests.integration.conftest import PANS_BUILD
 from tests.integration.test_fit import REPO, fit, tiny_recipe
 
 PAGE = 4096
@@ -91,23 +92,7 @@ def test_full_disk_during_a_shard_build_keeps_the_finished_shards(tmp_path, pans
     """The build of `pans_shards` on a disk with room for about two of its shards."""
     out = tmp_path / "disk"
     with small_disk(out, 2 * max(p.stat().st_size for p in pans_shards.glob("*.tar")) + PAGE):
-        result = run(
-            "-m",
-            "data_prep",
-            "build",
-            "--source",
-            "camera-pans",
-            "--out",
-            str(out / "s"),
-            "--size",
-            "32",
-            "--clips-per-video",
-            "1",
-            "--workers",
-            "2",
-            "-q",
-            cwd=tmp_path,
-        )
+        result = run(*PANS_BUILD, "--out", str(out / "s"), cwd=tmp_path)
         assert_one_line(result, "data_prep: error: ", "no space left on device")
         built = files(out / "s")
         finished = [n for n in built if n.endswith(".tar") and n.removesuffix(".tar") + ".stats.json" in built]
@@ -116,7 +101,7 @@ def test_full_disk_during_a_shard_build_keeps_the_finished_shards(tmp_path, pans
             stats = read_stats(out / "s" / name.replace(".tar", ".stats.json"))
             samples = whole_tar(out / "s" / name)  # renamed into place only once whole, even without its stats
             assert stats is None or samples == stats.samples_written, name
-        for name in finished:  # the same flags as the `pans_shards` build: the same bytes
+        for name in finished:  # the `pans_shards` build's flags: the same bytes
             assert (out / "s" / name).read_bytes() == (pans_shards / name).read_bytes(), name
         assert all(n.endswith((".tar", ".stats.json", ".tmp")) for n in built), sorted(built)
 
