@@ -152,6 +152,7 @@ def run_dv(code: Path, path: Path) -> dict:
 
 def score_cpu(path: Path) -> float:
     """CPU-seconds dv spends on scores for one source: span thumbnails, motion and the cut test."""
+    # dv is imported here, from this checkout, because the rest of the script times checkouts in fresh processes.
     sys.path.insert(0, str(ROOT))
     from dv.data import video
     from dv.data.scores import motion_score, scene_cut

@@ -22,6 +22,10 @@ from pathlib import Path
 import torch
 
 from dv.bench.plain import time_calls
+from dv.checkpoint import recipe_video_shape
+from dv.diffusion.pipeline import VideoSampler
+from dv.diffusion.sampling import SamplerConfig
+from dv.recipe import build_model
 
 README = Path(__file__).with_name("README.md")
 BEGIN, END = "<!-- sampling:begin -->", "<!-- sampling:end -->"
@@ -68,12 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_flush_denormal(True)
 
-    from diffusers import TextToVideoSDPipeline
-
-    from dv.checkpoint import recipe_video_shape
-    from dv.diffusion.pipeline import VideoSampler
-    from dv.diffusion.sampling import SamplerConfig
-    from dv.recipe import build_model
+    from diffusers import TextToVideoSDPipeline  # noqa: PLC0415 - the stock pipeline needs transformers, which dv does not
 
     frames, size = recipe_video_shape(args.recipe)
     module = build_model(args.recipe)

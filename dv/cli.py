@@ -68,6 +68,8 @@ def _recipe_to_config(args: list[str]) -> list[str]:
 
 def run_lightning(args: list[str]) -> None:
     """Hand the command to LightningCLI (dv's DVLightningCLI) with dv's defaults; its parse errors are ConfigErrors."""
+    # Lightning and the modules built on it are imported only by the commands that train, so `dv shards` and
+    # `dv --help` start without them.
     import lightning as L
 
     import dv.strategies  # noqa: F401 - registers the `dv_fsdp` strategy name
@@ -97,6 +99,8 @@ def run_lightning(args: list[str]) -> None:
 
 
 COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("dv.info", "parameter counts of a recipe's model, built on the meta device"),
+    "export": ("dv.lit.export", "write a checkpoint's trained weights to one safetensors file"),
     "sample": ("dv.sample", "sample a video from a checkpoint, an image and prompts"),
     "app": ("dv.app", "a browser page over a checkpoint (Gradio; pip install -e '.[app]')"),
     "bench": ("dv.bench.cli", "s/step, clips/s, memory, FLOPs and MFU of a recipe, and the plain loop's"),
@@ -138,15 +142,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in LIGHTNING_COMMANDS:
         sub.add_parser(name, help=f"Lightning {name} of a recipe (dv {name} --recipe FILE)", add_help=False)
-    info = sub.add_parser("info", help="parameter counts of a recipe's model, built on the meta device")
-    info.add_argument("--recipe", required=True)
-    export = sub.add_parser("export", help="write a checkpoint's trained weights to one safetensors file")
-    export.add_argument(
-        "--recipe", default=None, help="the recipe it was trained with (default: the one the .ckpt carries)"
-    )
-    export.add_argument("--ckpt", required=True)
-    export.add_argument("--out", required=True)
-    export.add_argument("--no-ema", action="store_true", help="export the raw weights even when an EMA was kept")
     for name, (module, help_text) in COMMANDS.items():
         parser_of_name = sub.add_parser(name, help=help_text, prog=f"dv {name}")
         if command in (None, name):
@@ -164,21 +159,8 @@ def dispatch(argv: list[str]) -> int | None:
     if args.command is None:
         parser.print_help()
         return None
-    if args.command == "info":
-        from dv import info
-
-        info.run(args.recipe)
-    elif args.command == "export":
-        from dv.checkpoint import trained_recipe
-        from dv.lit.export import export_checkpoint
-
-        recipe = trained_recipe(args.recipe, args.ckpt)  # a checkpoint dv fit wrote carries its recipe
-        path = export_checkpoint(recipe, args.ckpt, args.out, use_ema=not args.no_ema)
-        print(f"wrote {path}")
-    else:
-        result = importlib.import_module(COMMANDS[args.command][0]).run(args)
-        return result if type(result) is int else None  # other results (summaries, paths) are not exit codes
-    return None
+    result = importlib.import_module(COMMANDS[args.command][0]).run(args)
+    return result if type(result) is int else None  # other results (summaries, paths) are not exit codes
 
 
 def error_line(error: BaseException) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 
 from dv.models.denoiser import count
@@ -27,9 +29,14 @@ def parameter_table(module) -> list[tuple[str, int]]:
     return rows
 
 
-def run(recipe: str) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `dv info`."""
+    parser.add_argument("--recipe", required=True)
+
+
+def run(args: argparse.Namespace) -> None:
     """Print the parameter table of a recipe's model, and the trainable count its paper reports, if any."""
-    module = build_model(recipe)
+    module = build_model(args.recipe)
     with torch.device("meta"):
         module.configure_model()
     print(f"{'part':58s} {'parameters':>16s}")

@@ -13,11 +13,15 @@ from pathlib import Path
 
 import torch
 
+from dv.bench import plain
+from dv.bench.device import cpu_name, device_name, peak_memory, reset_peak_memory
+from dv.bench.dvpath import fit_times, loss_and_backward, sampler_call, what_dv_adds
+from dv.bench.explain import explain_denoiser, explain_lines
+from dv.bench.flops import count_flops, mfu, peak_bf16_flops
+from dv.bench.loader import recipe_loader
+from dv.bench.memory import GIB, estimate
+from dv.bench.workload import build_workload, meta_workload
 from dv.errors import ConfigError
-
-# The measuring modules (diffusers, Lightning) are imported when a benchmark runs, so that `dv --help` stays quick.
-
-GIB = 2**30
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +76,6 @@ def _median(times: list[float]) -> float:
 
 
 def _memory(work) -> tuple[float, str]:
-    from dv.bench.device import peak_memory
 
     n, what = peak_memory(work.device)
     return n / GIB, what
@@ -80,10 +83,6 @@ def _memory(work) -> tuple[float, str]:
 
 def bench_train(work, args) -> dict:
     """dv's Lightning training step and the plain loop's: s/step, clips/s, peak memory; FLOPs and MFU."""
-    from dv.bench import plain
-    from dv.bench.device import reset_peak_memory
-    from dv.bench.dvpath import fit_times, loss_and_backward, what_dv_adds
-    from dv.bench.flops import count_flops
 
     work.module.train()
     # One eager loss + backward without checkpointing's recomputation: the model FLOPs of a step (the
@@ -111,10 +110,6 @@ def bench_train(work, args) -> dict:
 
 def bench_sample(work, args) -> dict:
     """dv's VideoSampler (Eq. 5 as one batched call) and a plain DDIM loop (three calls): s/video, clips/s."""
-    from dv.bench import plain
-    from dv.bench.device import reset_peak_memory
-    from dv.bench.dvpath import sampler_call
-    from dv.bench.flops import count_flops
 
     work.module.eval()
     s_text, s_image = 9.0, 1.5
@@ -137,8 +132,6 @@ def bench_sample(work, args) -> dict:
 
 def report(work, args, result: dict) -> dict:
     """Print the figures and return them as one JSON-friendly dict."""
-    from dv.bench.device import device_name
-    from dv.bench.flops import mfu, peak_bf16_flops
 
     unit = {"train": "step", "sample": "video"}[args.what]
     peak = peak_bf16_flops(work.device)
@@ -207,8 +200,6 @@ def report(work, args, result: dict) -> dict:
 
 def run_loader(args) -> dict:
     """Clips/s of the recipe's VideoDataModule."""
-    from dv.bench.device import cpu_name
-    from dv.bench.loader import recipe_loader
 
     r = recipe_loader(args.recipe, args.batch_size, args.loader_batches, args.steps)
     b = r["shape"][0]
@@ -235,8 +226,6 @@ def run_loader(args) -> dict:
 
 def run_explain(args) -> dict:
     """Print torch._dynamo.explain of the recipe's denoiser (eager modules: the recipe's compile switch is ignored)."""
-    from dv.bench.explain import explain_denoiser, explain_lines
-    from dv.bench.workload import build_workload
 
     work = build_workload(args.recipe, args.batch_size, args.device, compile=False)
     out = explain_denoiser(work)
@@ -255,8 +244,6 @@ def run_explain(args) -> dict:
 
 def run_memory(args) -> dict:
     """Print the meta-device memory estimate of a training step per checkpointing choice."""
-    from dv.bench.memory import GIB, estimate
-    from dv.bench.workload import meta_workload
 
     module, frames, size, batch, bf16 = meta_workload(args.recipe, args.batch_size)
     rows = estimate(module, batch, frames, size, bf16)
@@ -316,8 +303,6 @@ def run(args: argparse.Namespace) -> dict:
     elif args.what == "memory":
         figures = run_memory(args)
     else:
-        from dv.bench.workload import build_workload
-
         if getattr(args, "cudnn_benchmark", False):
             torch.backends.cudnn.benchmark = True
         work = build_workload(

@@ -10,6 +10,7 @@ import torch
 
 from dv.diffusion.sampling import SamplerConfig
 from dv.errors import ConfigError
+from dv.models.identity import text_encoder_identity
 from dv.recipe import Recipe
 
 CAPTION = "the camera pans slowly to the left over a city street at dusk, people walking, cars passing"
@@ -81,8 +82,6 @@ def synthetic_batch(batch_size: int, frames: int, size: int, seed: int = 0) -> d
 def synthetic_latent_batch(module: L.LightningModule, batch: dict, seed: int = 0) -> dict:
     """`batch`'s clips as the data module's latent batch (dv/data/latents.py): a random bf16 posterior of the
     autoencoder's latent shape, the first frames as references, and cached text embeddings."""
-    from dv.models.identity import text_encoder_identity
-
     ae, backbone = module.backbone.autoencoder, module.backbone
     b, t, h, w, _ = batch["video"].shape
     g = torch.Generator().manual_seed(seed)

@@ -116,7 +116,7 @@ class _DecodeStage(wds.PipelineStage):
             return
         raise DataError(
             f"the {self.name} shards gave no readable sample in {failures} tries (last: {what}: {type(exc).__name__}: "
-            f"{' '.join(str(exc).split())[:200]}); check them with `python -m dv.data.datamodule --shards ...`"
+            f"{' '.join(str(exc).split())[:200]}); check them with `dv check-data --shards ...`"
         )
 
     def handle_tar_error(self, exc: BaseException) -> bool:
@@ -268,7 +268,7 @@ class VideoDataModule(LightningDataModule):
             val_batch_size: validation clips per batch; None uses ``batch_size``.
             filters: drop training and validation clips by their scores (format-2 shards):
                 ``{min_motion: 0.3, max_motion: 8.0, drop_cuts: true}``; None keeps every clip.
-                Motion is in % of the frame side per clip frame (``python -m data_prep stats``
+                Motion is in % of the frame side per clip frame (``dv shard-stats``
                 shows its distribution).
         """
         super().__init__()

@@ -4,7 +4,7 @@
 [min_motion, max_motion] and that span no scene cut. The training loader and ``dv cache-latents``
 apply them to each clip's metadata before decoding it. Clips from format-1 shards carry no
 scores: they are kept and counted as ``unscored`` (rebuild the shards to filter them).
-``python -m data_prep stats`` shows the score distributions to choose thresholds from.
+``dv shard-stats`` shows the score distributions to choose thresholds from.
 """
 
 from __future__ import annotations

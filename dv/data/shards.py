@@ -74,12 +74,17 @@ TAR_MTIME = 0.0  # fixed member mtime, so the same input gives byte-identical ta
 
 
 
+def _latent_dtype():
+    """torch.bfloat16, the dtype latent shards store, looked up when used so that importing this module needs no torch."""
+    import torch
+
+    return torch.bfloat16
+
+
 def __getattr__(name: str):
     """LATENT_DTYPE (torch.bfloat16), resolved on first use so that importing this module needs no torch."""
     if name == "LATENT_DTYPE":
-        import torch
-
-        return torch.bfloat16
+        return _latent_dtype()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -219,7 +224,7 @@ def encode_latent_sample(
     from PIL import Image
     from safetensors.torch import save as save_tensors
 
-    from dv.data.shards import LATENT_DTYPE
+    latent_dtype = _latent_dtype()
     if mean.shape != logvar.shape or mean.dim() != 4:
         raise DataError(f"sample {key!r}: posterior mean {tuple(mean.shape)} and logvar {tuple(logvar.shape)} must be (c, T, h, w)")
     if reference.dtype != torch.uint8 or reference.dim() != 3 or reference.shape[-1] != 3:
@@ -228,7 +233,7 @@ def encode_latent_sample(
                   hint="; nothing of it is written (a half-precision overflow? try --precision 32-true)")
     png = io.BytesIO()
     Image.fromarray(reference.cpu().numpy()).save(png, format="PNG")
-    posterior = {"mean": mean.to(LATENT_DTYPE).contiguous().cpu(), "logvar": logvar.to(LATENT_DTYPE).contiguous().cpu()}
+    posterior = {"mean": mean.to(latent_dtype).contiguous().cpu(), "logvar": logvar.to(latent_dtype).contiguous().cpu()}
     sample = {
         "__key__": key,
         POSTERIOR_KEY: save_tensors(posterior, metadata={"vae": vae}),
@@ -237,7 +242,7 @@ def encode_latent_sample(
         META_KEY: json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8"),
     }
     if text is not None:
-        embedding = {"embedding": text.to(LATENT_DTYPE).contiguous().cpu()}
+        embedding = {"embedding": text.to(latent_dtype).contiguous().cpu()}
         sample[TEXT_KEY] = save_tensors(embedding, metadata={"text_encoder": text_encoder or ""})
     return sample
 
@@ -421,7 +426,7 @@ def expand_shards(spec: str | list[str] | tuple[str, ...]) -> list[str]:
             else:
                 missing.append(part)
         if not matched:
-            raise DataError(f"shard pattern {pattern!r} matches no file; build shards with `python -m data_prep build`")
+            raise DataError(f"shard pattern {pattern!r} matches no file; build shards with `dv shards`")
         if missing:
             raise DataError(f"shard {missing[0]!r} named by {pattern!r} does not exist ({len(missing)} missing)")
         out.extend(matched)

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 
 import torch
 
+from dv.data.datamodule import VideoDataModule
 from dv.diffusion.guidance import Conditions
 from dv.diffusion.sampling import SamplerConfig, ddim_sample, ddim_scheduler
 from dv.errors import DVError
+from dv.models.conditions import video_to_model
 
 STARTS = (100, 300, 500, 700, 900, None)
 """Timesteps the clips are noised to before sampling back; None is pure noise (an ordinary sample)."""
@@ -114,9 +116,6 @@ def format_table(rows: list[TrajectoryRow], clips: int, steps: int) -> str:
 
 def first_clips(pattern: str, frames: int, size: int, count: int) -> tuple[torch.Tensor, list[str]]:
     """The first `count` clips of the shards, as a model-range video batch, and their captions."""
-    from dv.data.datamodule import VideoDataModule
-    from dv.models.conditions import video_to_model
-
     data = VideoDataModule(
         train_shards=pattern, val_shards=pattern, batch_size=count, num_workers=0, num_frames=frames, frame_size=size
     )

@@ -6,6 +6,7 @@ from contextlib import contextmanager
 
 import torch
 
+from dv.errors import ConfigError, WeightsError
 from dv.models.trainable import ema_entry
 
 
@@ -18,8 +19,6 @@ class TrainableEMA:
 
     def __init__(self, named_params: list[tuple[str, torch.nn.Parameter]], decay: float) -> None:
         if not 0.0 < decay < 1.0:
-            from dv.errors import ConfigError
-
             raise ConfigError(f"ema_decay must be in (0, 1), not {decay}")
         self.names = [n for n, _ in named_params]
         self.params = [p for _, p in named_params]
@@ -59,8 +58,6 @@ class TrainableEMA:
         """Restore shadows saved by state_dict (names must match)."""
         missing = set(self.names) - set(state["shadow"])
         if missing:
-            from dv.errors import WeightsError
-
             raise WeightsError(f"the checkpoint's EMA lacks {len(missing)} parameters, e.g. {sorted(missing)[:3]}")
         with torch.no_grad():
             for name, s in zip(self.names, self.shadow):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 
 from dv import __version__
+from dv.checkpoint import trained_recipe
+from dv.models.pretrained import save_dv_weights
 from dv.models.trainable import export_part
 from dv.recipe import Recipe, build_model, restore_trained_weights
 
@@ -23,8 +26,6 @@ def plain(value):
 
 def export_checkpoint(recipe: str | Recipe, ckpt: str, out: str, use_ema: bool = True) -> str:
     """Write the trained weights of `ckpt` (EMA when kept) as safetensors at `out`; returns `out`."""
-    from dv.models.pretrained import save_dv_weights
-
     module = build_model(recipe)
     module.configure_model()
     # Raw weights into the parameters; the EMA shadows (restored alongside) are exported when asked for.
@@ -42,3 +43,19 @@ def export_checkpoint(recipe: str | Recipe, ckpt: str, out: str, use_ema: bool =
     }
     save_dv_weights(out, state, metadata)
     return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `dv export`."""
+    parser.add_argument(
+        "--recipe", default=None, help="the recipe it was trained with (default: the one the .ckpt carries)"
+    )
+    parser.add_argument("--ckpt", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--no-ema", action="store_true", help="export the raw weights even when an EMA was kept")
+
+
+def run(args: argparse.Namespace) -> None:
+    """`dv export`: the checkpoint's trained weights (EMA when kept) to one safetensors file."""
+    recipe = trained_recipe(args.recipe, args.ckpt)  # a checkpoint dv fit wrote carries its recipe
+    print(f"wrote {export_checkpoint(recipe, args.ckpt, args.out, use_ema=not args.no_ema)}")

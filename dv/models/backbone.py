@@ -9,7 +9,10 @@ from diffusers import UNet3DConditionModel
 from einops import rearrange
 from torch import nn
 
+from dv.errors import ConfigError
+from dv.models import pretrained
 from dv.models.autoencoder import AutoencoderConfig, FrameAutoencoder
+from dv.models.speed import apply_checkpointing, apply_compile
 from dv.models.text import TextEncoder, TextEncoderConfig
 
 TEMPORAL_MARKERS = ("temp_convs", "temp_attentions", "transformer_in")
@@ -60,8 +63,6 @@ class Backbone(nn.Module):
             self.autoencoder = FrameAutoencoder(config.autoencoder)
             self.text = TextEncoder(config.text)
         if self.unet.config.cross_attention_dim != self.text.width:
-            from dv.errors import ConfigError
-
             raise ConfigError(
                 f"unet.cross_attention_dim is {self.unet.config.cross_attention_dim} but the text encoder's width is "
                 f"{self.text.width}; make them equal"
@@ -75,8 +76,6 @@ class Backbone(nn.Module):
         """Load every local weights file the config names."""
         if not (self.config.unet_weights or self.config.autoencoder.weights or self.config.text.checkpoint):
             return
-        from dv.models import pretrained
-
         for path in self.config.unet_weights:
             pretrained.load_unet_weights(path, self.unet)
         if self.config.autoencoder.weights and self.config.autoencoder.kind == "kl":
@@ -86,8 +85,6 @@ class Backbone(nn.Module):
 
     def apply_speed_settings(self, branch: nn.Module | None = None) -> list[str]:
         """Checkpoint and compile the U-Net (and the branch) as the config says; returns the checkpointed blocks."""
-        from dv.models.speed import apply_checkpointing, apply_compile
-
         names = apply_checkpointing(self.unet, branch, self.config.checkpointing)
         if self.config.compile:
             apply_compile(self.unet, branch, self.config.compile_mode, self.config.compile_regions)

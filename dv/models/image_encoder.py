@@ -12,6 +12,7 @@ from open_clip.model import CLIPVisionCfg, _build_vision_tower
 from torch import nn
 
 from dv.errors import ConfigError
+from dv.models.pretrained import load_open_clip_vision
 
 
 @dataclass
@@ -54,8 +55,6 @@ class ImageEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1), persistent=False)
         if load_weights and config.checkpoint:
-            from dv.models.pretrained import load_open_clip_vision
-
             load_open_clip_vision(config.checkpoint, self.tower)
         self.requires_grad_(False).eval()
 

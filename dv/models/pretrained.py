@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from dv import __version__ as DV_VERSION
+from dv.atomic import atomic_write
 from dv.errors import WeightsError
 from dv.models.modelscope_keys import convert_modelscope_unet, looks_like_modelscope_unet
 from dv.models.trainable import export_part
@@ -402,7 +403,5 @@ def save_dv_weights(path: PathLike, state_dict: Mapping[str, Tensor], metadata: 
             value = value.clone()
         seen.add(value.untyped_storage().data_ptr())
         tensors[key] = value
-    from dv.atomic import atomic_write
-
     with atomic_write(path) as tmp:  # whole or not at all; mode 0666 less the umask
         safetensors.torch.save_file(tensors, str(tmp), metadata=meta)

@@ -20,7 +20,7 @@ from dv.recipe import build_model, load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = ("tiny-t2v", "tiny-dreamvideo", "tiny-dynamicrafter")
-# The setting and figures the model card reports (pretrained/tiny-dreamvideo/README.md, `python -m dv.claims.card`).
+# The setting and figures the model card reports (pretrained/tiny-dreamvideo/README.md, `dv card`).
 CARD_STEPS, CARD_S_TEXT, CARD_S_IMAGE = 20, 3.0, 2.0
 CARD_CORRECT, CARD_FFF_SSIM = 6, 0.500  # of 24 videos; mean first-frame SSIM against the reference
 
