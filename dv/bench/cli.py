@@ -1,6 +1,6 @@
 """`dv bench`: one recipe's speed figures, dv beside the plainest diffusers + torch loop doing the same work.
 
-dv bench --recipe FILE [--what train|sample|loader|memory] [--steps N] [--batch-size B] [--explain] [--json OUT]
+dv bench --recipe FILE [--what train|sample|loader|memory|compile] [--steps N] [--batch-size B] [--explain] [--json OUT]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from dv.bench import plain
+from dv.bench.compile import compile_lines, compile_steps
 from dv.bench.device import cpu_name, device_name, peak_memory, reset_peak_memory
 from dv.bench.dvpath import fit_times, loss_and_backward, sampler_call, what_dv_adds
 from dv.bench.explain import explain_denoiser, explain_lines
@@ -22,6 +23,7 @@ from dv.bench.loader import recipe_loader
 from dv.bench.memory import GIB, estimate
 from dv.bench.workload import build_workload, meta_workload
 from dv.errors import ConfigError
+from dv.models.speed import COMPILE_BACKENDS, COMPILE_REGIONS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,10 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", required=True, help="the recipe whose model, batch and precision are measured")
     parser.add_argument(
         "--what",
-        choices=("train", "sample", "loader", "memory"),
+        choices=("train", "sample", "loader", "memory", "compile"),
         default="train",
-        help="a training step, sampling one batch of videos, the data loader, or an estimate of a "
-        "training step's memory per activation-checkpointing choice (meta device, no compute)",
+        help="a training step, sampling one batch of videos, the data loader, an estimate of a "
+        "training step's memory per activation-checkpointing choice (meta device, no compute), or the first "
+        "--steps training steps compiled (compile time, graphs, graph breaks, recompiles)",
     )
     parser.add_argument(
         "--steps",
@@ -42,6 +45,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions first (compilation, allocator)")
     parser.add_argument("--batch-size", type=int, default=None, help="clips per step (default: the recipe's)")
+    parser.add_argument(
+        "--frames", type=int, default=None, help="frames per clip of train, sample and compile (default: the recipe's)"
+    )
+    parser.add_argument(
+        "--frame-size",
+        type=int,
+        default=None,
+        help="clip side in pixels of train, sample and compile (default: the recipe's)",
+    )
+    parser.add_argument(
+        "--compile-regions",
+        choices=COMPILE_REGIONS,
+        default=None,
+        help="--what compile: the whole networks or each repeated layer (default: the recipe's)",
+    )
+    parser.add_argument(
+        "--compile-backend",
+        choices=COMPILE_BACKENDS,
+        default=None,
+        help="--what compile: inductor, or aot_eager to trace without generating code (default: the recipe's)",
+    )
     parser.add_argument("--ddim-steps", type=int, default=50, help="denoising steps per video (--what sample)")
     parser.add_argument("--loader-batches", type=int, default=20, help="batches per timed loader epoch (--what loader)")
     parser.add_argument(
@@ -289,6 +313,31 @@ def run_memory(args) -> dict:
     }
 
 
+def run_compile(args) -> dict:
+    """--what compile: the recipe's model compiled (its regions and backend, or the flags'), its first steps."""
+    overrides = {"compile_regions": args.compile_regions, "compile_backend": args.compile_backend}
+    work = build_workload(
+        args.recipe,
+        args.batch_size,
+        args.device,
+        compile=True,
+        latents=getattr(args, "latents", False),
+        backbone={k: v for k, v in overrides.items() if v is not None},
+        video_shape=(args.frames, args.frame_size),
+    )
+    result = compile_steps(work, args.steps)
+    print("\n".join(compile_lines(work, result)))
+    cfg = work.module.backbone_config
+    return {
+        "what": "compile",
+        "recipe": args.recipe,
+        "setting": work.describe(),
+        "compile_regions": cfg.compile_regions,
+        "compile_backend": cfg.compile_backend,
+        **result,
+    }
+
+
 def run(args: argparse.Namespace) -> dict:
     """Run the benchmark the flags ask for, print it, and write --json; returns the figures."""
     for name in ("steps", "ddim_steps", "loader_batches"):
@@ -302,6 +351,8 @@ def run(args: argparse.Namespace) -> dict:
         figures = run_loader(args)
     elif args.what == "memory":
         figures = run_memory(args)
+    elif args.what == "compile":
+        figures = run_compile(args)
     else:
         if getattr(args, "cudnn_benchmark", False):
             torch.backends.cudnn.benchmark = True
@@ -311,6 +362,7 @@ def run(args: argparse.Namespace) -> dict:
             args.device,
             latents=getattr(args, "latents", False),
             channels_last=getattr(args, "channels_last", False),
+            video_shape=(args.frames, args.frame_size),
         )
         result = bench_train(work, args) if args.what == "train" else bench_sample(work, args)
         figures = report(work, args, result)

@@ -147,12 +147,15 @@ def build_workload(
     compile: bool | None = None,
     latents: bool = False,
     channels_last: bool = False,
+    backbone: dict | None = None,
+    video_shape: tuple[int | None, int | None] = (None, None),
 ) -> Workload:
     """The recipe's model with random weights (speed does not depend on them) on `device`, and a batch.
 
     `compile` overrides the recipe's backbone.compile (torch._dynamo.explain needs the eager modules);
     `latents` trains from a latent batch (as from `dv cache-latents --text` shards); `channels_last` lays the
-    convolution weights out channels-last.
+    convolution weights out channels-last; `backbone` overrides other backbone settings (e.g. compile_regions);
+    `video_shape` (frames, frame size) overrides the recipe's clips where given.
     """
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -163,6 +166,9 @@ def build_workload(
     cfg.unet_weights, cfg.autoencoder.weights, cfg.text.checkpoint = [], None, None
     if compile is not None:
         cfg.compile = compile
+    for name, value in (backbone or {}).items():
+        setattr(cfg, name, value)
+    frames, size = video_shape[0] or frames, video_shape[1] or size
     module.configure_model()
     if channels_last:
         to_channels_last(module)

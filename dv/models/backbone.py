@@ -44,6 +44,9 @@ class BackboneConfig:
     compile_regions: str = "model"
     """What `compile` compiles: 'model' (the whole U-Net and branch) or 'layers' (each ResnetBlock2D, TemporalConvLayer,
     Transformer2DModel and TransformerTemporalModel: repeated layers share graphs, so the first step compiles in minutes)."""
+    compile_backend: str = "inductor"
+    """torch.compile backend: 'inductor' (generates kernels), or 'aot_eager' (traces forward and backward without
+    generating code: graph breaks and recompiles show in seconds, the step runs at eager speed)."""
 
 
 def is_temporal(name: str) -> bool:
@@ -87,7 +90,9 @@ class Backbone(nn.Module):
         """Checkpoint and compile the U-Net (and the branch) as the config says; returns the checkpointed blocks."""
         names = apply_checkpointing(self.unet, branch, self.config.checkpointing)
         if self.config.compile:
-            apply_compile(self.unet, branch, self.config.compile_mode, self.config.compile_regions)
+            apply_compile(
+                self.unet, branch, self.config.compile_mode, self.config.compile_regions, self.config.compile_backend
+            )
         return names
 
     def train(self, mode: bool = True) -> Backbone:

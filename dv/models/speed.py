@@ -34,6 +34,10 @@ CHECKPOINTING_CHOICES = ("none", "high-res", "down", "up", "all")
 
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
+"""`backbone.compile_backend`: inductor generates kernels; aot_eager traces forward and backward and runs them eagerly
+(graph breaks and recompiles show without code generation); eager traces the forward only."""
+
 COMPILE_REGIONS = ("model", "layers")
 """`backbone.compile_regions`: compile the whole U-Net and branch, or each repeated layer (REGION_CLASSES)."""
 
@@ -149,7 +153,13 @@ def compile_regions(net: nn.Module) -> list[nn.Module]:
     return regions
 
 
-def apply_compile(unet: nn.Module, branch: nn.Module | None, mode: str | None = None, regions: str = "model") -> int:
+def apply_compile(
+    unet: nn.Module,
+    branch: nn.Module | None,
+    mode: str | None = None,
+    regions: str = "model",
+    backend: str = "inductor",
+) -> int:
     """torch.compile the U-Net and the branch in place (``Module.compile``: names and state dicts unchanged),
     whole or per repeated layer; returns the number of compiled modules."""
     if mode not in COMPILE_MODES:
@@ -158,15 +168,19 @@ def apply_compile(unet: nn.Module, branch: nn.Module | None, mode: str | None = 
         )
     if regions not in COMPILE_REGIONS:
         raise ConfigError(f"backbone.compile_regions must be one of {', '.join(COMPILE_REGIONS)}, not {regions!r}")
+    if backend not in COMPILE_BACKENDS:
+        raise ConfigError(f"backbone.compile_backend must be one of {', '.join(COMPILE_BACKENDS)}, not {backend!r}")
     mode = None if mode == "default" else mode
+    if backend != "inductor" and mode is not None:
+        raise ConfigError(f"backbone.compile_mode {mode!r} is inductor's; compile_backend {backend!r} takes none")
     nets = [net for net in (unet, branch) if net is not None]
     if regions == "model":
         for net in nets:
-            net.compile(mode=mode)
+            net.compile(mode=mode, backend=backend)
         return len(nets)
     # One graph per layer class and input signature; the limit counts them per code object (the class's forward).
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     layers = [layer for net in nets for layer in compile_regions(net)]
     for layer in layers:
-        layer.compile(mode=mode)
+        layer.compile(mode=mode, backend=backend)
     return len(layers)

@@ -181,3 +181,30 @@ def test_loader_bench_reads_the_recipes_shards(tiny_recipe, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "batch 2 of uint8 4×16×16×3" in figure(out, "setting")
     assert float(figure(out, "dv clips/s").split()[0]) > 0 and figure(out, "skipped samples") == "0"
+
+
+@pytest.mark.slow
+def test_compile_bench_reports_a_setting_that_settles(tiny_recipe, tmp_path, capsys):
+    """`dv bench --what compile`: per-layer regions traced (aot_eager) on the first step, nothing after, no breaks."""
+    out_json = tmp_path / "compile.json"
+    args = ["bench", "--recipe", tiny_recipe, "--what", "compile", "--compile-regions", "layers"]
+    args += [
+        "--compile-backend",
+        "aot_eager",
+        "--steps",
+        "2",
+        "--frames",
+        "2",
+        "--device",
+        "cpu",
+        "--json",
+        str(out_json),
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "batch 2 × 2 frames × 16×16" in out and "regions layers, backend aot_eager" in out
+    figures = json.loads(out_json.read_text())
+    first, second = figures["steps"]
+    assert first["graphs"] > 0 and second["graphs"] == first["graphs"]
+    assert figures["graphs_after_first_step"] == 0 and figures["graph_breaks"] == {}
+    assert "graph breaks 0, graphs compiled after the first step 0" in out
