@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="train",
         help="a training step, sampling one batch of videos, the data loader, an estimate of a "
         "training step's memory per activation-checkpointing choice (meta device, no compute), or the first "
-        "--steps training steps compiled (compile time, graphs, graph breaks, recompiles)",
+        "--steps training steps compiled, after --warmup eager ones (eager s/step, compile time, graphs, graph breaks, "
+        "recompiles)",
     )
     parser.add_argument(
         "--steps",
@@ -320,12 +321,13 @@ def run_compile(args) -> dict:
         args.recipe,
         args.batch_size,
         args.device,
-        compile=True,
+        compile=False,  # compiled in place after the eager steps
         latents=getattr(args, "latents", False),
         backbone={k: v for k, v in overrides.items() if v is not None},
         video_shape=(args.frames, args.frame_size),
     )
-    result = compile_steps(work, args.steps)
+    work.module.backbone_config.compile = True
+    result = compile_steps(work, args.steps, eager_steps=args.warmup)
     print("\n".join(compile_lines(work, result)))
     cfg = work.module.backbone_config
     return {

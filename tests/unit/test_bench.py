@@ -207,4 +207,5 @@ def test_compile_bench_reports_a_setting_that_settles(tiny_recipe, tmp_path, cap
     first, second = figures["steps"]
     assert first["graphs"] > 0 and second["graphs"] == first["graphs"]
     assert figures["graphs_after_first_step"] == 0 and figures["graph_breaks"] == {}
+    assert figures["eager_s"] > 0 and "eager s/step" in out, "the eager steps come first, on the same module"
     assert "graph breaks 0, graphs compiled after the first step 0" in out
