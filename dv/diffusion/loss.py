@@ -29,6 +29,43 @@ class TrainInputs:
     stride), a dropped image being white's; None for text-to-video."""
 
 
+TIMESTEP_BIAS_STRATEGIES = ("none", "earlier", "later", "range")
+"""How training draws its timesteps, as diffusers' training scripts say it (`--timestep_bias_strategy`): uniformly,
+or `multiplier` times as often in the first or last `portion` of the schedule, or in [begin, end)."""
+
+
+def timestep_weights(
+    num_timesteps: int,
+    strategy: str = "none",
+    multiplier: float = 1.0,
+    portion: float = 0.25,
+    begin: int = 0,
+    end: int = 1000,
+) -> torch.Tensor | None:
+    """Probabilities (num_timesteps,) of drawing each training timestep under a bias strategy; None for uniform."""
+    if strategy == "none":
+        return None
+    if multiplier <= 0:
+        raise ValueError(f"the timestep bias multiplier must be > 0, not {multiplier}")
+    picked = {
+        "later": slice(num_timesteps - int(portion * num_timesteps), None),
+        "earlier": slice(0, int(portion * num_timesteps)),
+        "range": slice(max(0, begin), min(num_timesteps, end)),
+    }[strategy]
+    weights = torch.ones(num_timesteps)
+    weights[picked] *= multiplier
+    return weights / weights.sum()
+
+
+def draw_timesteps(
+    weights: torch.Tensor | None, num_timesteps: int, batch: int, generator: torch.Generator
+) -> torch.Tensor:
+    """`batch` training timesteps on the generator's device: uniform, or drawn with `weights` (timestep_weights)."""
+    if weights is None:
+        return torch.randint(0, num_timesteps, (batch,), generator=generator, device=generator.device)
+    return torch.multinomial(weights.to(generator.device), batch, replacement=True, generator=generator)
+
+
 def prediction_target(
     scheduler: SchedulerMixin, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
 ) -> torch.Tensor:

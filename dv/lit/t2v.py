@@ -12,7 +12,14 @@ from diffusers.training_utils import compute_snr
 
 from dv import __version__
 from dv.data.latents import cached_video, check_identity
-from dv.diffusion.loss import TrainInputs, denoising_loss, prediction_target
+from dv.diffusion.loss import (
+    TIMESTEP_BIAS_STRATEGIES,
+    TrainInputs,
+    denoising_loss,
+    draw_timesteps,
+    prediction_target,
+    timestep_weights,
+)
 from dv.errors import ConfigError, TrainingError
 from dv.lit.ema import TrainableEMA
 from dv.lit.export import plain
@@ -53,6 +60,16 @@ class DiffusionConfig:
     """How Min-SNR-γ weighs a v-prediction loss: 'hang' (the paper: the x0 error counts min(SNR, γ) times, so the
     noisiest timesteps, SNR → 0, count almost nothing) or 'diffusers' (diffusers' training scripts: min(SNR + 1, γ),
     so every timestep with SNR + 1 < γ keeps its full v loss). The two agree for ε-prediction."""
+    timestep_bias_strategy: str = "none"
+    """Which training timesteps are drawn more often (diffusers' `--timestep_bias_strategy`): 'none' (uniform),
+    'later' (the noisiest `timestep_bias_portion` of the schedule, where a sample's layout and motion are decided),
+    'earlier', or 'range' ([timestep_bias_begin, timestep_bias_end)). The loss is not reweighted, as in diffusers."""
+    timestep_bias_multiplier: float = 1.0
+    """How many times as often the biased timesteps are drawn (> 0; below 1 draws them less often)."""
+    timestep_bias_portion: float = 0.25
+    """The share of the schedule 'later' and 'earlier' bias."""
+    timestep_bias_begin: int = 0
+    timestep_bias_end: int = 1000
 
 
 @dataclass
@@ -116,6 +133,16 @@ class T2VModule(L.LightningModule):
             raise ConfigError(
                 f"diffusion.timestep_spacing must be 'leading', 'trailing' or 'linspace', not {diffusion.timestep_spacing!r}"
             )
+        if diffusion.timestep_bias_strategy not in TIMESTEP_BIAS_STRATEGIES:
+            raise ConfigError(
+                f"diffusion.timestep_bias_strategy must be one of {', '.join(TIMESTEP_BIAS_STRATEGIES)}, "
+                f"not {diffusion.timestep_bias_strategy!r}"
+            )
+        if not diffusion.timestep_bias_multiplier > 0 or not 0 < diffusion.timestep_bias_portion <= 1:
+            raise ConfigError(
+                "diffusion.timestep_bias_multiplier must be > 0 and timestep_bias_portion in (0, 1], not "
+                f"{diffusion.timestep_bias_multiplier} and {diffusion.timestep_bias_portion}"
+            )
         if diffusion.snr_weighting not in ("hang", "diffusers"):
             raise ConfigError(f"diffusion.snr_weighting must be 'hang' or 'diffusers', not {diffusion.snr_weighting!r}")
         for name, p in (("p_drop_text", p_drop_text),):
@@ -138,6 +165,15 @@ class T2VModule(L.LightningModule):
             rescale_betas_zero_snr=diffusion.rescale_betas_zero_snr,
             timestep_spacing=diffusion.timestep_spacing,
         )
+        self.timestep_weights = timestep_weights(
+            diffusion.num_train_timesteps,
+            diffusion.timestep_bias_strategy,
+            diffusion.timestep_bias_multiplier,
+            diffusion.timestep_bias_portion,
+            diffusion.timestep_bias_begin,
+            diffusion.timestep_bias_end,
+        )
+        """Probabilities of the training timesteps (None: uniform)."""
         self.backbone: Backbone | None = None
         self.branch = None
         self.ema: TrainableEMA | None = None
@@ -256,7 +292,7 @@ class T2VModule(L.LightningModule):
         """Per-sample MSE of the model's prediction at a random timestep, and those timesteps."""
         inputs = self.train_inputs(batch, generator, drop)
         b = inputs.latents.shape[0]
-        t = torch.randint(0, self.diffusion.num_train_timesteps, (b,), generator=generator, device=generator.device)
+        t = draw_timesteps(self.timestep_weights, self.diffusion.num_train_timesteps, b, generator)
         noise = torch.randn(
             inputs.latents.shape, generator=generator, device=generator.device, dtype=inputs.latents.dtype
         )
