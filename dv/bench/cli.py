@@ -101,14 +101,12 @@ def _median(times: list[float]) -> float:
 
 
 def _memory(work) -> tuple[float, str]:
-
     n, what = peak_memory(work.device)
     return n / GIB, what
 
 
 def bench_train(work, args) -> dict:
     """dv's Lightning training step and the plain loop's: s/step, clips/s, peak memory; FLOPs and MFU."""
-
     work.module.train()
     # One eager loss + backward without checkpointing's recomputation: the model FLOPs of a step (the
     # optimizer's elementwise work is not counted, as usual for MFU). Counted on one clip and multiplied:
@@ -135,7 +133,6 @@ def bench_train(work, args) -> dict:
 
 def bench_sample(work, args) -> dict:
     """dv's VideoSampler (Eq. 5 as one batched call) and a plain DDIM loop (three calls): s/video, clips/s."""
-
     work.module.eval()
     s_text, s_image = 9.0, 1.5
     run = sampler_call(work, args.ddim_steps, s_text, s_image)
@@ -157,7 +154,6 @@ def bench_sample(work, args) -> dict:
 
 def report(work, args, result: dict) -> dict:
     """Print the figures and return them as one JSON-friendly dict."""
-
     unit = {"train": "step", "sample": "video"}[args.what]
     peak = peak_bf16_flops(work.device)
     figures: dict = {
@@ -225,7 +221,6 @@ def report(work, args, result: dict) -> dict:
 
 def run_loader(args) -> dict:
     """Clips/s of the recipe's VideoDataModule."""
-
     r = recipe_loader(args.recipe, args.batch_size, args.loader_batches, args.steps)
     b = r["shape"][0]
     print(f"dv bench · loader · {args.recipe} (VideoDataModule, {r['workers']} workers)")
@@ -251,7 +246,6 @@ def run_loader(args) -> dict:
 
 def run_explain(args) -> dict:
     """Print torch._dynamo.explain of the recipe's denoiser (eager modules: the recipe's compile switch is ignored)."""
-
     work = build_workload(args.recipe, args.batch_size, args.device, compile=False)
     out = explain_denoiser(work)
     print(f"dv bench --explain · {args.recipe} ({type(work.module).__name__}): torch._dynamo.explain of the denoiser")
@@ -269,7 +263,6 @@ def run_explain(args) -> dict:
 
 def run_memory(args) -> dict:
     """Print the meta-device memory estimate of a training step per checkpointing choice."""
-
     module, frames, size, batch, bf16 = meta_workload(args.recipe, args.batch_size)
     rows = estimate(module, batch, frames, size, bf16)
     recipe_choice = module.backbone_config.checkpointing

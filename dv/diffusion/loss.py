@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from diffusers import SchedulerMixin
 
 from dv.diffusion.guidance import DenoiseFn
+from dv.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,19 @@ def timestep_weights(
     begin: int = 0,
     end: int = 1000,
 ) -> torch.Tensor | None:
-    """Probabilities (num_timesteps,) of drawing each training timestep under a bias strategy; None for uniform."""
+    """Probabilities (num_timesteps,) of drawing each training timestep under a bias strategy; None for uniform.
+    Settings out of range are ConfigErrors naming the recipe's `diffusion.timestep_bias_*` keys, even for 'none'."""
+    if strategy not in TIMESTEP_BIAS_STRATEGIES:
+        raise ConfigError(
+            f"diffusion.timestep_bias_strategy must be one of {', '.join(TIMESTEP_BIAS_STRATEGIES)}, not {strategy!r}"
+        )
+    if not multiplier > 0 or not 0 < portion <= 1:
+        raise ConfigError(
+            "diffusion.timestep_bias_multiplier must be > 0 and timestep_bias_portion in (0, 1], not "
+            f"{multiplier} and {portion}"
+        )
     if strategy == "none":
         return None
-    if multiplier <= 0:
-        raise ValueError(f"the timestep bias multiplier must be > 0, not {multiplier}")
     picked = {
         "later": slice(num_timesteps - int(portion * num_timesteps), None),
         "earlier": slice(0, int(portion * num_timesteps)),

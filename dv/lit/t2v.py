@@ -13,7 +13,6 @@ from diffusers.training_utils import compute_snr
 from dv import __version__
 from dv.data.latents import cached_video, check_identity
 from dv.diffusion.loss import (
-    TIMESTEP_BIAS_STRATEGIES,
     TrainInputs,
     denoising_loss,
     draw_timesteps,
@@ -132,16 +131,6 @@ class T2VModule(L.LightningModule):
         if diffusion.timestep_spacing not in ("leading", "trailing", "linspace"):
             raise ConfigError(
                 f"diffusion.timestep_spacing must be 'leading', 'trailing' or 'linspace', not {diffusion.timestep_spacing!r}"
-            )
-        if diffusion.timestep_bias_strategy not in TIMESTEP_BIAS_STRATEGIES:
-            raise ConfigError(
-                f"diffusion.timestep_bias_strategy must be one of {', '.join(TIMESTEP_BIAS_STRATEGIES)}, "
-                f"not {diffusion.timestep_bias_strategy!r}"
-            )
-        if not diffusion.timestep_bias_multiplier > 0 or not 0 < diffusion.timestep_bias_portion <= 1:
-            raise ConfigError(
-                "diffusion.timestep_bias_multiplier must be > 0 and timestep_bias_portion in (0, 1], not "
-                f"{diffusion.timestep_bias_multiplier} and {diffusion.timestep_bias_portion}"
             )
         if diffusion.snr_weighting not in ("hang", "diffusers"):
             raise ConfigError(f"diffusion.snr_weighting must be 'hang' or 'diffusers', not {diffusion.snr_weighting!r}")
