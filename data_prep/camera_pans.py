@@ -36,6 +36,7 @@ import numpy as np
 from einops import rearrange, repeat
 
 from data_prep.writer import Record
+from dv.data import dead_leaves
 from dv.data.camera_pans import MOVES, PHOTOS, VAL_PHOTOS, WINDOW_FRACTION, caption_for, load_photo, reference_view
 from dv.errors import ConfigError
 
@@ -76,12 +77,20 @@ class PanRenderer:
     views: int = 1
     """How many views of the photo clips draw from (1: the photo as it is; up to 48: its 8 quarter-turns and
     mirror images × 6 orders of the colour channels), one per clip, deterministic in the seed."""
+    synthetic: bool = False
+    """`photo` names a family of dead-leaves pictures (dv.data.dead_leaves), one new picture per clip."""
 
     @property
     def source_size(self) -> tuple[int, int]:
         """The photo's (w, h)."""
-        h, w = load_photo(self.photo).shape[:2]
+        h, w = self._photo(0).shape[:2]
         return w, h
+
+    def _photo(self, clip_index: int) -> np.ndarray:
+        """uint8 RGB (H, W, 3) that clip `clip_index` moves over: the named photo, or its own dead-leaves picture."""
+        if self.synthetic:
+            return dead_leaves.dead_leaves(f"{self.seed}/{self.photo}/{self.move}/{clip_index}")
+        return load_photo(self.photo)
 
     def render(self, clip_index: int, frames: int, size: int, stride: int = 1) -> np.ndarray:
         """uint8 (T, size, size, 3) frames of variant `clip_index` of this move, `stride` time steps apart."""
@@ -89,7 +98,7 @@ class PanRenderer:
         import torch
         import torch.nn.functional as F
 
-        x = rearrange(torch.tensor(load_photo(self.photo)), "h w c -> 1 c h w").float()
+        x = rearrange(torch.tensor(self._photo(clip_index)), "h w c -> 1 c h w").float()
         x = self._view(x, clip_index)
         # Pre-scale so the window is about `size` photo pixels: sampling then never shrinks
         # much, and bilinear needs no anti-aliasing.
@@ -172,21 +181,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " at most 48), so that a caption names the photo but not what the clip shows; held-out clips keep the photo"
         " as it is (default 1: every clip as it is)",
     )
+    g.add_argument(
+        "--synthetic-photos",
+        type=int,
+        default=0,
+        help="add N families of dead-leaves pictures (overlapping discs, a new picture per clip) to the training split,"
+        " each under the six moves, captioned 'a photo of coloured discs': a model must learn to move any picture,"
+        " not recall the photos (default 0)",
+    )
 
 
 def settings(args: argparse.Namespace) -> dict[str, int]:
     """camera-pans' options recorded in each shard's settings (none at their defaults: earlier builds stay whole)."""
     views = getattr(args, "photo_views", 1)
+    synthetic = getattr(args, "synthetic_photos", 0)
     if not 1 <= views <= MAX_VIEWS:
         raise ConfigError(
             f"--photo-views must be 1 to {MAX_VIEWS} (the photo's 8 turns and mirror images × 6 channel orders), "
             f"not {views}"
         )
-    return {"photo_views": views} if views != 1 else {}
+    if synthetic < 0:
+        raise ConfigError(f"--synthetic-photos must be 0 or more, not {synthetic}")
+    out = {"photo_views": views} if views != 1 else {}
+    return out | ({"synthetic_photos": synthetic} if synthetic else {})
 
 
 def records(args: argparse.Namespace) -> dict[str, list[Record]]:
-    """Records per split: every photo × move; VAL_PHOTOS go to val, the rest to train."""
+    """Records per split: every photo × move; VAL_PHOTOS go to val, the rest (and any dead-leaves families) to
+    train."""
     out: dict[str, list[Record]] = {split: [] for split in SPLITS}
     train_views = settings(args).get("photo_views", 1)
     for photo in PHOTOS:
@@ -196,4 +218,11 @@ def records(args: argparse.Namespace) -> dict[str, list[Record]]:
             renderer = PanRenderer(photo=photo, move=move, seed=args.seed, views=views)
             meta = {"photo": photo, "move": move}
             out[split].append(Record(f"{photo}-{move}", renderer, caption_for(photo, move), meta))
+    for family in range(settings(args).get("synthetic_photos", 0)):
+        photo = f"discs-{family:04d}"
+        for move in MOVES:
+            renderer = PanRenderer(photo=photo, move=move, seed=args.seed, synthetic=True)
+            meta = {"photo": photo, "move": move}
+            caption = f"the camera {MOVES[move]} over a photo of {dead_leaves.SUBJECT}"
+            out["train"].append(Record(f"{photo}-{move}", renderer, caption, meta))
     return out

@@ -22,8 +22,10 @@ from data_prep import camera_pans, pexels, ucf101
 from data_prep.__main__ import main
 from data_prep.writer import BuildConfig, Record, build
 from dv.claims.motion import estimate_motion
+from dv.data.dead_leaves import dead_leaves
 from dv.data.shards import decode_sample, read_stats, shard_name, stats_name
 from dv.data.video import write_video
+from dv.errors import ConfigError
 
 SMALL = ["--frames", "4", "--stride", "2", "--size", "16", "--workers", "1", "-q"]
 
@@ -308,6 +310,37 @@ def test_photo_views_vary_what_training_clips_show_and_keep_their_motion():
     assert camera_pans.settings(Namespace(seed=0)) == {}  # builds before the option keep their settings
     cfg = BuildConfig(out_dir="x", source="camera-pans", source_settings=(("photo_views", 48),))
     assert cfg.settings()["photo_views"] == 48
+
+
+def test_synthetic_photos_add_new_pictures_to_training_that_move_as_captioned():
+    """`--synthetic-photos 2`: two dead-leaves families per move join the training split only, every clip a new
+    picture that still moves as its caption says; 0 (the default) leaves the records and settings as before."""
+    plain = camera_pans.records(Namespace(seed=0))
+    splits = camera_pans.records(Namespace(seed=0, synthetic_photos=2))
+    added = [r for r in splits["train"] if r.source_id.startswith("discs-")]
+    assert len(added) == 2 * len(camera_pans.MOVES) and len(splits["train"]) == len(plain["train"]) + len(added)
+    assert [r.source_id for r in splits["val"]] == [r.source_id for r in plain["val"]]
+    assert all(r.caption.endswith("over a photo of coloured discs") for r in added)
+    renderer = added[0].video
+    firsts = [renderer.render(k, 2, 32)[0] for k in range(4)]
+    assert len({f.tobytes() for f in firsts}) == 4  # a new picture per clip
+    assert np.array_equal(renderer.render(1, 4, 32), added[0].video.render(1, 4, 32))  # deterministic
+    for record in added:
+        for k in range(2):
+            assert estimate_motion(record.video.render(k, 8, 64)).label == record.meta["move"], record.source_id
+    assert camera_pans.settings(Namespace(seed=0, synthetic_photos=2)) == {"synthetic_photos": 2}
+    assert camera_pans.settings(Namespace(seed=0, synthetic_photos=0)) == {}
+    with pytest.raises(ConfigError, match="--synthetic-photos"):
+        camera_pans.settings(Namespace(seed=0, synthetic_photos=-1))
+
+
+def test_dead_leaves_pictures_are_deterministic_varied_and_cover_the_frame():
+    a = dead_leaves("a")
+    assert a.shape == (160, 160, 3) and a.dtype == np.uint8 and np.array_equal(a, dead_leaves("a"))
+    assert not np.array_equal(a, dead_leaves("b"))
+    # Edges at every scale: the picture is neither flat nor noise (neighbouring pixels agree far more than not).
+    grey = a.astype(float).mean(-1)
+    assert grey.std() > 10 and np.abs(np.diff(grey, axis=1)).mean() < grey.std()
 
 
 def test_renders_are_deterministic_in_the_seed():
