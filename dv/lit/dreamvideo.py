@@ -18,6 +18,10 @@ class RetentionConfig:
     """How conv_d(z_t) and conv_s(I) are fused: 'add' (paper §4.2) or 'concat' (the abstract's wording)."""
     image_channels: tuple[int, ...] = (16, 32, 96, 256)
     """Channels of conv_s's stages; one more entry than the autoencoder's log2 downscale."""
+    residual_scale: float = 1.0
+    """Factor on the branch's residuals before the U-Net adds them (1: the paper's Eq. 3), as diffusers'
+    `controlnet_conditioning_scale`, but in training too. A small frozen backbone barely answers a skip residual at
+    the noisiest timesteps; a larger factor lets the zero convolutions reach the size it needs sooner."""
 
 
 class DreamVideoModule(T2VModule):
@@ -60,4 +64,5 @@ class DreamVideoModule(T2VModule):
             downscale=self.backbone.autoencoder.downscale,
             fusion=self.retention.fusion,
             image_channels=tuple(self.retention.image_channels),
+            residual_scale=self.retention.residual_scale,
         )

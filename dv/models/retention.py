@@ -150,10 +150,14 @@ class RetentionBranch(nn.Module):
         downscale: int,
         fusion: str = "add",
         image_channels: tuple[int, ...] = (16, 32, 96, 256),
+        residual_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if fusion not in ("add", "concat"):
             raise ConfigError(f"retention.fusion must be 'add' or 'concat', not {fusion!r}")
+        if not residual_scale > 0:
+            raise ConfigError(f"retention.residual_scale must be > 0, not {residual_scale}")
+        self.residual_scale = residual_scale
         # The U-Net's parts the branch copies, and only those.
         half = EncoderHalf(unet_config)
         self.fusion = fusion
@@ -182,9 +186,10 @@ class RetentionBranch(nn.Module):
         downscale: int,
         fusion: str = "add",
         image_channels: tuple[int, ...] = (16, 32, 96, 256),
+        residual_scale: float = 1.0,
     ) -> RetentionBranch:
         """A branch whose copied parts start from the U-Net's weights (ControlNet-style)."""
-        branch = cls(dict(unet.config), downscale, fusion, image_channels)
+        branch = cls(dict(unet.config), downscale, fusion, image_channels, residual_scale)
         for name in ("conv_in", "time_embedding", "transformer_in", "down_blocks", "mid_block"):
             target = branch.conv_d if name == "conv_in" else getattr(branch, name)
             target.load_state_dict(getattr(unet, name).state_dict())
@@ -235,8 +240,8 @@ class RetentionBranch(nn.Module):
             residuals += res
         h = self.mid_block(h, emb, encoder_hidden_states=context, num_frames=num_frames)
 
-        down = tuple(conv(r) for conv, r in zip(self.zero_convs, residuals))
-        return down, self.mid_zero_conv(h)
+        down = tuple(conv(r) * self.residual_scale for conv, r in zip(self.zero_convs, residuals))
+        return down, self.mid_zero_conv(h) * self.residual_scale
 
     def unet_inputs(
         self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, image_features: torch.Tensor

@@ -156,6 +156,27 @@ def test_concat_fusion_equals_add_at_init():
         RetentionBranch.from_unet(unet, downscale=2, image_channels=(8, 16, 32))
 
 
+def test_residual_scale_multiplies_every_residual_and_starts_at_zero():
+    """retention.residual_scale: the same branch weights give s times the residuals; at init they are still zero,
+    so the U-Net with the branch starts as the U-Net without it."""
+    unet = tiny_t2v().backbone.unet
+    torch.manual_seed(0)
+    plain = RetentionBranch.from_unet(unet, downscale=2, image_channels=(8, 16))
+    scaled = RetentionBranch.from_unet(unet, downscale=2, image_channels=(8, 16), residual_scale=20.0)
+    z, t, txt, img = torch.randn(1, 12, 2, 8, 8), torch.tensor([5]), torch.randn(1, 16, 32), torch.randn(1, 3, 16, 16)
+    down, mid = scaled(z, t, txt, scaled.encode_image(img))
+    assert all(torch.count_nonzero(r) == 0 for r in down) and torch.count_nonzero(mid) == 0
+    for conv in [*plain.zero_convs, plain.mid_zero_conv]:
+        torch.nn.init.dirac_(conv.weight)
+    scaled.load_state_dict(plain.state_dict())
+    (d1, m1), (d20, m20) = plain(z, t, txt, plain.encode_image(img)), scaled(z, t, txt, scaled.encode_image(img))
+    for a, b in zip((*d1, m1), (*d20, m20)):
+        assert torch.count_nonzero(a) > 0
+        torch.testing.assert_close(b, 20 * a)
+    with pytest.raises(ConfigError, match="residual_scale"):
+        RetentionBranch.from_unet(unet, downscale=2, image_channels=(8, 16), residual_scale=0.0)
+
+
 def test_space_to_depth_is_lossless_and_kl_chunking_is_exact():
     video = torch.rand(2, 3, 5, 8, 8) * 2 - 1
     s2d = FrameAutoencoder(AutoencoderConfig(kind="space_to_depth", factor=2))
