@@ -6,7 +6,7 @@ DV := $(VENV)/bin/dv
 SHARDS ?= data/shards/camera-pans
 RUNS ?= runs
 
-.PHONY: install lint test test-fast shards tiny-shards pretrained pretrained-t2v pretrained-image-models pretrained-dreamvideo pretrained-dynamicrafter latents demo claims app bench-loader bench-sampling clean
+.PHONY: install lint test test-fast shards tiny-shards discs-shards pretrained pretrained-t2v pretrained-image-models pretrained-dreamvideo pretrained-dynamicrafter latents demo claims app bench-loader bench-sampling clean
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,13 @@ latents: shards
 TINY_SHARDS ?= data/shards/camera-pans-64
 tiny-shards: install
 	$(DV) shards --source camera-pans --out $(TINY_SHARDS) --size 64 --frames 8 --clips-per-video 16
+
+# The tiny shards' training split with 48 views of each photo and 48 families of dead-leaves pictures (a new picture
+# per clip): 5,760 clips for recipes/tiny-dreamvideo-discs.yaml, whose held-out clips are the tiny shards' val split.
+DISCS_SHARDS ?= data/shards/camera-pans-64-discs
+discs-shards: install
+	$(DV) shards --source camera-pans --out $(DISCS_SHARDS) --size 64 --frames 8 --clips-per-video 16 --split train \
+		--photo-views 48 --synthetic-photos 48
 
 # The shipped models (pretrained/), from scratch: the T2V backbone, then DreamVideo and the DynamiCrafter-style model
 # on it side by side (one thread each). Interrupted, it resumes (--resume-if-exists). Each stage ends in a `dv export`
