@@ -223,6 +223,6 @@ def records(args: argparse.Namespace) -> dict[str, list[Record]]:
         for move in MOVES:
             renderer = PanRenderer(photo=photo, move=move, seed=args.seed, synthetic=True)
             meta = {"photo": photo, "move": move}
-            caption = f"the camera {MOVES[move]} over a photo of {dead_leaves.SUBJECT}"
+            caption = caption_for(photo, move, subject=dead_leaves.SUBJECT)
             out["train"].append(Record(f"{photo}-{move}", renderer, caption, meta))
     return out

@@ -44,9 +44,9 @@ MOVES: dict[str, str] = {
 }
 
 
-def caption_for(photo: str, move: str) -> str:
-    """Caption naming the camera move and the subject."""
-    return f"the camera {MOVES[move]} over a photo of {PHOTOS[photo]}"
+def caption_for(photo: str, move: str, subject: str | None = None) -> str:
+    """Caption naming the camera move and the subject (the photo's, or `subject` for a picture not in PHOTOS)."""
+    return f"the camera {MOVES[move]} over a photo of {subject or PHOTOS[photo]}"
 
 
 @functools.lru_cache(maxsize=None)
