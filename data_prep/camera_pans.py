@@ -82,8 +82,10 @@ class PanRenderer:
 
     @property
     def source_size(self) -> tuple[int, int]:
-        """The photo's (w, h)."""
-        h, w = self._photo(0).shape[:2]
+        """The photo's (w, h); a dead-leaves family's pictures are all dead_leaves.SIZE square."""
+        if self.synthetic:
+            return dead_leaves.SIZE, dead_leaves.SIZE
+        h, w = load_photo(self.photo).shape[:2]
         return w, h
 
     def _photo(self, clip_index: int) -> np.ndarray:
@@ -210,7 +212,8 @@ def records(args: argparse.Namespace) -> dict[str, list[Record]]:
     """Records per split: every photo × move; VAL_PHOTOS go to val, the rest (and any dead-leaves families) to
     train."""
     out: dict[str, list[Record]] = {split: [] for split in SPLITS}
-    train_views = settings(args).get("photo_views", 1)
+    chosen = settings(args)
+    train_views = chosen.get("photo_views", 1)
     for photo in PHOTOS:
         split = "val" if photo in VAL_PHOTOS else "train"
         views = train_views if split == "train" else 1
@@ -218,7 +221,7 @@ def records(args: argparse.Namespace) -> dict[str, list[Record]]:
             renderer = PanRenderer(photo=photo, move=move, seed=args.seed, views=views)
             meta = {"photo": photo, "move": move}
             out[split].append(Record(f"{photo}-{move}", renderer, caption_for(photo, move), meta))
-    for family in range(settings(args).get("synthetic_photos", 0)):
+    for family in range(chosen.get("synthetic_photos", 0)):
         photo = f"discs-{family:04d}"
         for move in MOVES:
             renderer = PanRenderer(photo=photo, move=move, seed=args.seed, synthetic=True)

@@ -3,8 +3,9 @@
 Each step is one training loss and its backward pass (the optimizer is not run): first on the eager model, then on
 the same model compiled in place as the recipe's backbone says (or the flags). Per step it records wall-clock and
 CPU seconds and the graphs dynamo has compiled so far. A setting that settles compiles everything on the first step:
-later steps add no graph (no recompiles) and no step breaks a graph. CPU seconds count this process and the compiler processes it waited for; with
-TORCHINDUCTOR_COMPILE_THREADS=1 that is all of the compile work, so the figure holds on a shared machine.
+later steps add no graph (no recompiles) and no step breaks a graph. CPU seconds count this process and the compiler
+processes it waited for; with TORCHINDUCTOR_COMPILE_THREADS=1 that is all of the compile work, so the figure holds
+on a shared machine.
 """
 
 from __future__ import annotations

@@ -13,11 +13,13 @@ import random
 
 import numpy as np
 
+SIZE = 160
+"""Side of a dead-leaves picture in pixels (the renderer scales it to its window, as it does a photo)."""
 SUBJECT = "coloured discs"
 """What a caption calls a dead-leaves picture ("the camera pans left over a photo of coloured discs")."""
 
 
-def dead_leaves(key: str, size: int = 160, discs: int = 2500, min_radius: float = 1.5) -> np.ndarray:
+def dead_leaves(key: str, size: int = SIZE, discs: int = 2500, min_radius: float = 1.5) -> np.ndarray:
     """A uint8 RGB picture (size, size, 3), a deterministic function of `key` (any string)."""
     rng = np.random.default_rng(random.Random(key).getrandbits(64))
     max_radius = size / 4

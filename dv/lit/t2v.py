@@ -154,15 +154,20 @@ class T2VModule(L.LightningModule):
             rescale_betas_zero_snr=diffusion.rescale_betas_zero_snr,
             timestep_spacing=diffusion.timestep_spacing,
         )
-        self.timestep_weights = timestep_weights(
-            diffusion.num_train_timesteps,
-            diffusion.timestep_bias_strategy,
-            diffusion.timestep_bias_multiplier,
-            diffusion.timestep_bias_portion,
-            diffusion.timestep_bias_begin,
-            diffusion.timestep_bias_end,
+        # Probabilities of the training timesteps (None: uniform). A buffer, so it moves with the module and the
+        # step draws on the device without a copy; not persistent: the recipe, not the checkpoint, sets it.
+        self.register_buffer(
+            "timestep_weights",
+            timestep_weights(
+                diffusion.num_train_timesteps,
+                diffusion.timestep_bias_strategy,
+                diffusion.timestep_bias_multiplier,
+                diffusion.timestep_bias_portion,
+                diffusion.timestep_bias_begin,
+                diffusion.timestep_bias_end,
+            ),
+            persistent=False,
         )
-        """Probabilities of the training timesteps (None: uniform)."""
         self.backbone: Backbone | None = None
         self.branch = None
         self.ema: TrainableEMA | None = None

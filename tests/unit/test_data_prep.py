@@ -325,6 +325,7 @@ def test_synthetic_photos_add_new_pictures_to_training_that_move_as_captioned():
     firsts = [renderer.render(k, 2, 32)[0] for k in range(4)]
     assert len({f.tobytes() for f in firsts}) == 4  # a new picture per clip
     assert np.array_equal(renderer.render(1, 4, 32), added[0].video.render(1, 4, 32))  # deterministic
+    assert renderer.source_size == dead_leaves("0/discs-0000/pan-left/0").shape[1::-1]
     for record in added:
         for k in range(2):
             assert estimate_motion(record.video.render(k, 8, 64)).label == record.meta["move"], record.source_id
