@@ -1,8 +1,10 @@
 """`dv card`: the figures of a model card, for one model in one setting, in a minute or two.
 
 Samples the held-out camera-pans photos under all six motion captions and prints motion accuracy, first-frame
-fidelity, and the samples' pixel-to-pixel energy against the real held-out clips' (1 = as much fine detail as the
-clips; noise left in a sample raises it), with the confusion matrix. The full experiment is `dv claims`.
+fidelity, how far the samples move per frame against the held-out clips (a still sample scores chance accuracy
+too: this tells it from one that moves the wrong way), and the samples' pixel-to-pixel energy against the real
+held-out clips' (1 = as much fine detail as the clips; noise left in a sample raises it), with the confusion matrix.
+`--steps 1` scores the first sampling step's prediction of the clean video: where the motion must be decided. The full experiment is `dv claims`.
 
     dv card --recipe pretrained/tiny-dreamvideo/config.yaml \\
         --ckpt pretrained/tiny-dreamvideo/model.safetensors --mode ti2v --val-shards 'data/shards/camera-pans-64/val-*.tar'
@@ -21,6 +23,7 @@ from einops import rearrange
 from dv.checkpoint import load_trained, recipe_video_shape
 from dv.claims.experiment import ClaimsConfig, ClaimsRun
 from dv.claims.inputs import held_out_clips
+from dv.claims.motion import estimate_motion
 from dv.claims.report import CHANCE, accuracy, confusion_table
 from dv.diffusion.pipeline import BRANCH_MODES
 from dv.diffusion.trajectory import pixel_energy
@@ -34,6 +37,12 @@ def energy(frames: np.ndarray) -> float:
     return pixel_energy(rearrange(torch.from_numpy(frames).float(), "b t h w c -> b c t h w"))
 
 
+def clips_motion_size(clips: list[tuple[np.ndarray, str, str]]) -> float:
+    """Mean motion size (pixels per frame) of the first held-out clip of each (photo, motion): the real clips' 1x."""
+    first = {(photo, motion): frames for frames, photo, motion in reversed(clips)}
+    return float(np.mean([estimate_motion(frames).size for frames in first.values()]))
+
+
 def card_figures(module, config: ClaimsConfig, mode: str, s_text: float, s_image: float, real: np.ndarray) -> dict:
     """Sample one setting on the held-out photos and score it: a dict of the card's figures and its rows."""
     run = ClaimsRun(config, progress=False)
@@ -44,6 +53,7 @@ def card_figures(module, config: ClaimsConfig, mode: str, s_text: float, s_image
         fff_ssim=float(np.mean([r["ssim"] for r in run.rows])),
         psnr=float(np.mean([r["psnr"] for r in run.rows if np.isfinite(r["psnr"])])),
         energy_ratio=energy(frames) / energy(real),
+        motion_size=float(np.mean([r["motion_size"] for r in run.rows])),
         rows=run.rows,
     )
 
@@ -64,7 +74,8 @@ def run(args: argparse.Namespace) -> None:
     """Sample the card's setting and print its figures."""
     started = time.time()
     frames, size = recipe_video_shape(args.recipe)
-    real = np.stack([clip for clip, _, _ in held_out_clips(args.val_shards, frames, size)])
+    clips = held_out_clips(args.val_shards, frames, size)
+    real = np.stack([clip for clip, _, _ in clips])
     module = load_trained(args.recipe, args.ckpt)
     config = ClaimsConfig(seeds=tuple(args.seeds), steps=args.steps, num_frames=frames, frame_size=size)
     s_image = args.s_image if args.mode != "t2v" else 1.0
@@ -76,6 +87,10 @@ def run(args: argparse.Namespace) -> None:
         f"{len(rows)} videos of {len(config.photos)} held-out photos x 6 captions ({time.time() - started:.0f} s)"
     )
     print(f"motion accuracy {figures['accuracy']:.2f} (chance {CHANCE:.2f})")
+    print(
+        f"motion size {figures['motion_size']:.2f} px/frame (the held-out clips' {clips_motion_size(clips):.2f}; "
+        "a still video is near 0)"
+    )
     if args.mode != "t2v":
         print(f"FFF_SSIM {figures['fff_ssim']:.3f}, first-frame PSNR {figures['psnr']:.2f} dB")
     print(f"pixel energy {figures['energy_ratio']:.2f}x the held-out clips'")

@@ -121,6 +121,7 @@ class ClaimsRun:
                     psnr=float(psnr[i]),
                     ssim=float(structural[i]),
                     predicted=estimate.label,
+                    motion_size=estimate.size,
                 )
             )
             shown = (mode, s_text, s_image) == self.figure_setting

@@ -46,6 +46,12 @@ class MotionEstimate:
             return "pan-left" if self.drift_x > 0 else "pan-right"
         return "pan-up" if self.drift_y > 0 else "pan-down"
 
+    @property
+    def size(self) -> float:
+        """How far the camera moves, in pixels per frame: the largest component `label` compares (a zoom moves
+        each half by half the expansion). A still video is near 0, whichever label its noise gives it."""
+        return max(abs(self.drift_x), abs(self.drift_y), abs(self.expansion) / 2)
+
 
 def estimate_motion(frames: np.ndarray) -> MotionEstimate:
     """Camera motion of one video: uint8 or float frames (T, H, W, C) or (T, H, W), T >= 2."""

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from dv.errors import ConfigError
 from dv.lit.t2v import DiffusionConfig, OptimConfig, T2VModule
 from dv.models.backbone import BackboneConfig
+from dv.models.pretrained import load_dv_weights
 from dv.models.retention import RetentionBranch
 
 
@@ -32,6 +35,7 @@ class DreamVideoModule(T2VModule):
         backbone: BackboneConfig | None = None,
         retention: RetentionConfig | None = None,
         trainable: str = "temporal",
+        init_weights: str | None = None,
         diffusion: DiffusionConfig | None = None,
         optim: OptimConfig | None = None,
         p_drop_text: float = 0.1,
@@ -44,6 +48,9 @@ class DreamVideoModule(T2VModule):
             backbone: the T2V backbone (with its pretrained weights).
             retention: the Image Retention branch.
             trainable: which U-Net layers train beside the branch: 'temporal' (paper) or 'all'.
+            init_weights: a dv export of an earlier DreamVideo run (its U-Net layers and branch), loaded over the
+                backbone's weights before training: a fresh run that starts where that one ended, with a new
+                optimizer, so the recipe may change what trains (`--ckpt_path` resumes the same setup instead).
             diffusion: the noise process and prediction target.
             optim: AdamW and warm-up.
             p_drop_text: probability of replacing a caption by the empty prompt (paper: 0.1).
@@ -55,10 +62,12 @@ class DreamVideoModule(T2VModule):
         if not 0.0 <= p_drop_image <= 1.0:
             raise ConfigError(f"model.p_drop_image must be in [0, 1], not {p_drop_image}")
         self.retention = retention or RetentionConfig()
+        self.init_weights = init_weights
         self.p_drop_image = p_drop_image
 
     def build_branch(self) -> None:
-        """The branch starts as a copy of the (pretrained) U-Net's input, time, down and mid parts."""
+        """The branch starts as a copy of the (pretrained) U-Net's input, time, down and mid parts; then an earlier
+        run's export (`init_weights`), if any, is loaded over the U-Net and the branch."""
         self.branch = RetentionBranch.from_unet(
             self.backbone.unet,
             downscale=self.backbone.autoencoder.downscale,
@@ -66,3 +75,6 @@ class DreamVideoModule(T2VModule):
             image_channels=tuple(self.retention.image_channels),
             residual_scale=self.retention.residual_scale,
         )
+        if self.init_weights and torch.empty(0).device.type != "meta":
+            load_dv_weights(self.init_weights, self.backbone.unet, part="unet")
+            load_dv_weights(self.init_weights, self.branch, part="branch")

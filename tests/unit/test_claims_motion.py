@@ -30,12 +30,13 @@ def test_drift_sign_and_size_on_a_shifted_image():
     est = estimate_motion(frames[:, 8:40, 8:40])
     assert est.drift_x == pytest.approx(2.0, abs=0.1) and abs(est.drift_y) < 0.1
     assert est.label == "pan-left"  # the camera pans left when the content drifts right
+    assert est.size == pytest.approx(2.0, abs=0.1)
 
 
 def test_a_still_video_and_bad_shapes():
     still = np.repeat(reference_view("rocket", 32)[None], 4, axis=0)
     est = estimate_motion(still)
-    assert abs(est.drift_x) < 1e-6 and abs(est.drift_y) < 1e-6
+    assert abs(est.drift_x) < 1e-6 and abs(est.drift_y) < 1e-6 and est.size < 1e-6
     with pytest.raises(ValueError, match="T >= 2"):
         estimate_motion(still[:1])
 

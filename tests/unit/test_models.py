@@ -8,7 +8,9 @@ import torch
 from dv.errors import ConfigError, TrainingError
 from dv.lit.t2v import OptimConfig
 from dv.models.autoencoder import AutoencoderConfig, FrameAutoencoder
+from dv.models.backbone import is_temporal
 from dv.models.conditions import drop_conditions, video_to_model
+from dv.models.pretrained import save_dv_weights
 from dv.models.retention import RetentionBranch, residual_channels
 from tests.tiny import tiny_backbone, tiny_dreamvideo, tiny_t2v
 
@@ -175,6 +177,34 @@ def test_residual_scale_multiplies_every_residual_and_starts_at_zero():
         torch.testing.assert_close(b, 20 * a)
     with pytest.raises(ConfigError, match="residual_scale"):
         RetentionBranch.from_unet(unet, downscale=2, image_channels=(8, 16), residual_scale=0.0)
+
+
+def test_init_weights_starts_a_run_from_an_earlier_export_and_may_train_more(tmp_path):
+    """model.init_weights: an earlier DreamVideo run's export (temporal layers and branch) is loaded over the
+    backbone, so a new run with `trainable: all` starts where that one ended; without it the weights are fresh."""
+    earlier = tiny_dreamvideo()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for _, p in earlier.trainable_parameters():
+            p.add_(torch.randn_like(p))
+    path = tmp_path / "earlier.safetensors"
+    save_dv_weights(path, earlier.trained_state_dict(use_ema=False), {"format": "dv", "parts": "branch,unet"})
+
+    fresh = tiny_dreamvideo(trainable="all")
+    started = tiny_dreamvideo(trainable="all", init_weights=str(path))
+    own = dict(started.backbone.unet.named_parameters()) | {
+        f"branch.{n}": p for n, p in started.branch.named_parameters()
+    }
+    for name, value in earlier.trained_state_dict(use_ema=False).items():
+        loaded = own[name.removeprefix("unet.")] if name.startswith("unet.") else own[name]
+        torch.testing.assert_close(loaded, value)
+        assert not torch.equal(value, dict(fresh.trained_state_dict(use_ema=False))[name])
+    # The spatial layers the earlier run froze come from the backbone, and now they train.
+    spatial = next(n for n, _ in started.backbone.unet.named_parameters() if not is_temporal(n))
+    torch.testing.assert_close(
+        dict(started.backbone.unet.named_parameters())[spatial], dict(fresh.backbone.unet.named_parameters())[spatial]
+    )
+    assert f"backbone.unet.{spatial}" in dict(started.trainable_parameters())
 
 
 def test_space_to_depth_is_lossless_and_kl_chunking_is_exact():
