@@ -4,7 +4,8 @@ Samples the held-out camera-pans photos under all six motion captions and prints
 fidelity, how far the samples move per frame against the held-out clips (a still sample scores chance accuracy
 too: this tells it from one that moves the wrong way), and the samples' pixel-to-pixel energy against the real
 held-out clips' (1 = as much fine detail as the clips; noise left in a sample raises it), with the confusion matrix.
-`--steps 1` scores the first sampling step's prediction of the clean video: where the motion must be decided. The full experiment is `dv claims`.
+`--steps 1` scores the first sampling step's prediction of the clean video: where the motion must be decided.
+The full experiment is `dv claims`.
 
     dv card --recipe pretrained/tiny-dreamvideo/config.yaml \\
         --ckpt pretrained/tiny-dreamvideo/model.safetensors --mode ti2v --val-shards 'data/shards/camera-pans-64/val-*.tar'
@@ -39,7 +40,9 @@ def energy(frames: np.ndarray) -> float:
 
 def clips_motion_size(clips: list[tuple[np.ndarray, str, str]]) -> float:
     """Mean motion size (pixels per frame) of the first held-out clip of each (photo, motion): the real clips' 1x."""
-    first = {(photo, motion): frames for frames, photo, motion in reversed(clips)}
+    first: dict[tuple[str, str], np.ndarray] = {}
+    for frames, photo, motion in clips:
+        first.setdefault((photo, motion), frames)
     return float(np.mean([estimate_motion(frames).size for frames in first.values()]))
 
 

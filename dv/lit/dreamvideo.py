@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from dv.errors import ConfigError
 from dv.lit.t2v import DiffusionConfig, OptimConfig, T2VModule
 from dv.models.backbone import BackboneConfig
-from dv.models.pretrained import load_dv_weights
 from dv.models.retention import RetentionBranch
 
 
@@ -66,8 +63,8 @@ class DreamVideoModule(T2VModule):
         self.p_drop_image = p_drop_image
 
     def build_branch(self) -> None:
-        """The branch starts as a copy of the (pretrained) U-Net's input, time, down and mid parts; then an earlier
-        run's export (`init_weights`), if any, is loaded over the U-Net and the branch."""
+        """The branch starts as a copy of the (pretrained) U-Net's input, time, down and mid parts (an earlier run's
+        `init_weights`, if any, is loaded over it and the U-Net next, by configure_model)."""
         self.branch = RetentionBranch.from_unet(
             self.backbone.unet,
             downscale=self.backbone.autoencoder.downscale,
@@ -75,6 +72,3 @@ class DreamVideoModule(T2VModule):
             image_channels=tuple(self.retention.image_channels),
             residual_scale=self.retention.residual_scale,
         )
-        if self.init_weights and torch.empty(0).device.type != "meta":
-            load_dv_weights(self.init_weights, self.backbone.unet, part="unet")
-            load_dv_weights(self.init_weights, self.branch, part="branch")

@@ -9,7 +9,6 @@ from dv.lit.t2v import DiffusionConfig, OptimConfig, T2VModule
 from dv.models.backbone import BackboneConfig
 from dv.models.dynamicrafter import STAGES, DynamiCrafterBranch, ProjectionConfig
 from dv.models.image_encoder import ImageEncoderConfig
-from dv.models.pretrained import load_dv_weights
 
 STAGE_LR = {"projection": 1e-4, "all": 5e-5}
 """Learning rates of DynamiCrafter's two training stages (§4.1): P and the image cross-attention, then everything."""
@@ -72,7 +71,8 @@ class DynamiCrafterModule(T2VModule):
         self.p_drop_image = p_drop_image
 
     def build_branch(self) -> None:
-        """Adapt the loaded U-Net and build encoder + P (DynamiCrafterBranch.attach), then load an earlier stage."""
+        """Adapt the loaded U-Net and build encoder + P (DynamiCrafterBranch.attach); an earlier stage's
+        `init_weights`, if any, is loaded next, by configure_model."""
         on_meta = torch.empty(0).device.type == "meta"
         backbone = self.backbone
         self.branch = DynamiCrafterBranch.attach(
@@ -86,6 +86,3 @@ class DynamiCrafterModule(T2VModule):
             stage=self.stage,
             load_weights=not on_meta,
         )
-        if self.init_weights and not on_meta:
-            load_dv_weights(self.init_weights, backbone.unet, part="unet")
-            load_dv_weights(self.init_weights, self.branch, part="branch")

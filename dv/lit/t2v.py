@@ -27,6 +27,7 @@ from dv.models.backbone import Backbone, BackboneConfig, is_temporal
 from dv.models.conditions import draw_dropout, drop_images, reference_image, video_to_model
 from dv.models.denoiser import Denoiser
 from dv.models.identity import text_encoder_identity
+from dv.models.pretrained import load_dv_weights
 from dv.models.trainable import EMA_KEY, check_saved, export_name, named_trainable, saved_weights
 from dv.strategies import total_grad_norm
 
@@ -90,6 +91,9 @@ class T2VModule(L.LightningModule):
 
     p_drop_image: float = 0.0
     """Probability of a white reference image; modules with an image-conditioning branch set their own."""
+    init_weights: str | None = None
+    """A dv export of an earlier run, loaded over the U-Net and the branch once they are built; modules with a
+    branch take it as an argument."""
 
     def __init__(
         self,
@@ -182,6 +186,9 @@ class T2VModule(L.LightningModule):
         on_meta = torch.empty(0).device.type == "meta"
         self.backbone = Backbone(self.backbone_config, load_weights=not on_meta)
         self.build_branch()
+        if self.init_weights and not on_meta:
+            load_dv_weights(self.init_weights, self.backbone.unet, part="unet")
+            load_dv_weights(self.init_weights, self.branch, part="branch")
         self.backbone.apply_speed_settings(self.branch)  # activation checkpointing and torch.compile, per the recipe
         self.requires_grad_(False)
         for _, p in self.trainable_parameters():

@@ -24,6 +24,7 @@ from dv.errors import ConfigError
 from dv.models.conditions import video_to_model
 from dv.models.dual_attention import DualCrossAttnProcessor, dual_attention_processors
 from dv.models.dynamicrafter import is_new_unet_parameter
+from dv.models.pretrained import save_dv_weights
 from tests.tiny import tiny_dynamicrafter, tiny_t2v
 from tests.unit.test_models import make_batch, one_step
 
@@ -297,3 +298,20 @@ def test_file_sources_take_their_clips_at_the_drawn_stride(tmp_path):
         assert np.diff(indices).tolist() == [stride] * 3
         levels = sample["video"].float().mean(dim=(1, 2, 3)) / 5
         assert torch.allclose(levels, torch.tensor(indices, dtype=torch.float), atol=0.5), (indices, levels)
+
+
+def test_init_weights_loads_an_earlier_stage_over_the_adapted_unet_and_branch(tmp_path):
+    # `stage: all` from a `stage: projection` export (DynamiCrafter's two stages): every exported weight is loaded.
+    earlier = tiny_dynamicrafter()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for _, p in earlier.trainable_parameters():
+            p.add_(torch.randn_like(p))
+    exported = earlier.trained_state_dict(use_ema=False)
+    path = tmp_path / "projection.safetensors"
+    save_dv_weights(path, exported, {"format": "dv", "parts": "branch,unet"})
+    started = tiny_dynamicrafter(stage="all", init_weights=str(path))
+    own = {f"unet.{n}": p for n, p in started.backbone.unet.named_parameters()}
+    own |= {f"branch.{n}": p for n, p in started.branch.named_parameters()}
+    for name, value in exported.items():
+        torch.testing.assert_close(own[name], value)

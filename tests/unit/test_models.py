@@ -195,10 +195,11 @@ def test_init_weights_starts_a_run_from_an_earlier_export_and_may_train_more(tmp
     own = dict(started.backbone.unet.named_parameters()) | {
         f"branch.{n}": p for n, p in started.branch.named_parameters()
     }
+    fresh_weights = fresh.trained_state_dict(use_ema=False)
     for name, value in earlier.trained_state_dict(use_ema=False).items():
         loaded = own[name.removeprefix("unet.")] if name.startswith("unet.") else own[name]
         torch.testing.assert_close(loaded, value)
-        assert not torch.equal(value, dict(fresh.trained_state_dict(use_ema=False))[name])
+        assert not torch.equal(value, fresh_weights[name])
     # The spatial layers the earlier run froze come from the backbone, and now they train.
     spatial = next(n for n, _ in started.backbone.unet.named_parameters() if not is_temporal(n))
     torch.testing.assert_close(
