@@ -11,7 +11,7 @@ resampling), rendered straight at ``--size``.
 Motion conventions, as seen in the rendered frames: "pans left" moves the
 window left over the photo, so the picture content drifts *right* in the
 frame; "pans up" makes content drift down; "zooms in" shrinks the window, so
-content grows. Pans move 2.5-4.5 output pixels per frame and zooms change
+content grows. Pans move 2.5-4.5 output pixels per frame (``--pan-speed``) and zooms change
 scale by 2-3% per frame, steady over the clip, so phase correlation between
 consecutive frames recovers the direction.
 
@@ -59,6 +59,8 @@ SPLITS = ("train", "val")
 DEFAULT_SHARD_SIZE = 8
 DEFAULT_CLIPS_PER_VIDEO = 2
 FPS = 8.0
+DEFAULT_PAN_SPEED = (2.5, 4.5)
+"""Output pixels per frame a pan moves, drawn per clip."""
 # Window travel direction (dx, dy) in photo coordinates; image y grows downwards.
 _PAN_DIRECTION = {"pan-left": (-1, 0), "pan-right": (1, 0), "pan-up": (0, -1), "pan-down": (0, 1)}
 _CHANNEL_ORDERS = tuple(itertools.permutations(range(3)))
@@ -79,6 +81,9 @@ class PanRenderer:
     mirror images × 6 orders of the colour channels), one per clip, deterministic in the seed."""
     synthetic: bool = False
     """`photo` names a family of dead-leaves pictures (dv.data.dead_leaves), one new picture per clip."""
+    pan_speed: tuple[float, float] = DEFAULT_PAN_SPEED
+    """The range a pan's speed is drawn from, in output pixels per frame at the rendered size (equal ends: one
+    speed for every clip)."""
 
     @property
     def source_size(self) -> tuple[int, int]:
@@ -138,7 +143,7 @@ class PanRenderer:
         if self.move in _PAN_DIRECTION:
             dx, dy = _PAN_DIRECTION[self.move]
             side = float(size)
-            speed = rng.uniform(2.5, 4.5) * side / size  # photo px per frame
+            speed = rng.uniform(*self.pan_speed) * side / size  # photo px per frame
             travel = speed * float(t[-1])
             room_x, room_y = w - side - abs(dx) * travel, h - side - abs(dy) * travel
             if room_x < 0 or room_y < 0:  # very long clips: slow down to fit the photo
@@ -191,6 +196,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " each under the six moves, captioned 'a photo of coloured discs': a model must learn to move any picture,"
         " not recall the photos (default 0)",
     )
+    g.add_argument(
+        "--pan-speed",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=DEFAULT_PAN_SPEED,
+        help="pans move LOW to HIGH output pixels per frame at --size, drawn per clip; equal values give every pan one"
+        " speed, so a photo and a caption fix the clip (default 2.5 4.5)",
+    )
 
 
 def settings(args: argparse.Namespace) -> dict[str, int]:
@@ -204,7 +218,11 @@ def settings(args: argparse.Namespace) -> dict[str, int]:
         )
     if synthetic < 0:
         raise ConfigError(f"--synthetic-photos must be 0 or more, not {synthetic}")
+    low, high = speed = tuple(float(v) for v in getattr(args, "pan_speed", DEFAULT_PAN_SPEED))
+    if not 0 < low <= high:
+        raise ConfigError(f"--pan-speed needs 0 < LOW <= HIGH, not {low} {high}")
     out = {"photo_views": views} if views != 1 else {}
+    out |= {"pan_speed": list(speed)} if speed != DEFAULT_PAN_SPEED else {}
     return out | ({"synthetic_photos": synthetic} if synthetic else {})
 
 
@@ -214,17 +232,18 @@ def records(args: argparse.Namespace) -> dict[str, list[Record]]:
     out: dict[str, list[Record]] = {split: [] for split in SPLITS}
     chosen = settings(args)
     train_views = chosen.get("photo_views", 1)
+    speed = tuple(chosen.get("pan_speed", DEFAULT_PAN_SPEED))
     for photo in PHOTOS:
         split = "val" if photo in VAL_PHOTOS else "train"
         views = train_views if split == "train" else 1
         for move in MOVES:
-            renderer = PanRenderer(photo=photo, move=move, seed=args.seed, views=views)
+            renderer = PanRenderer(photo=photo, move=move, seed=args.seed, views=views, pan_speed=speed)
             meta = {"photo": photo, "move": move}
             out[split].append(Record(f"{photo}-{move}", renderer, caption_for(photo, move), meta))
     for family in range(chosen.get("synthetic_photos", 0)):
         photo = f"discs-{family:04d}"
         for move in MOVES:
-            renderer = PanRenderer(photo=photo, move=move, seed=args.seed, synthetic=True)
+            renderer = PanRenderer(photo=photo, move=move, seed=args.seed, synthetic=True, pan_speed=speed)
             meta = {"photo": photo, "move": move}
             caption = caption_for(photo, move, subject=dead_leaves.SUBJECT)
             out["train"].append(Record(f"{photo}-{move}", renderer, caption, meta))

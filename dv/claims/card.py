@@ -26,6 +26,7 @@ from dv.claims.experiment import ClaimsConfig, ClaimsRun
 from dv.claims.inputs import held_out_clips
 from dv.claims.motion import estimate_motion
 from dv.claims.report import CHANCE, accuracy, confusion_table
+from dv.data.camera_pans import PHOTOS, VAL_PHOTOS
 from dv.diffusion.pipeline import BRANCH_MODES
 from dv.diffusion.trajectory import pixel_energy
 
@@ -71,6 +72,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--s-text", type=float, default=3.0)
     parser.add_argument("--s-image", type=float, default=2.0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument(
+        "--photos",
+        nargs="+",
+        choices=PHOTOS,
+        default=list(VAL_PHOTOS),
+        help="the camera-pans photos to animate (default: the four held-out ones; a training photo shows what the"
+        " model fitted)",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -80,14 +89,16 @@ def run(args: argparse.Namespace) -> None:
     clips = held_out_clips(args.val_shards, frames, size)
     real = np.stack([clip for clip, _, _ in clips])
     module = load_trained(args.recipe, args.ckpt)
-    config = ClaimsConfig(seeds=tuple(args.seeds), steps=args.steps, num_frames=frames, frame_size=size)
+    config = ClaimsConfig(
+        seeds=tuple(args.seeds), steps=args.steps, num_frames=frames, frame_size=size, photos=tuple(args.photos)
+    )
     s_image = args.s_image if args.mode != "t2v" else 1.0
     s_text = args.s_text if args.mode != "i2v" else 1.0
     figures = card_figures(module, config, args.mode, s_text, s_image, real)
     rows = figures["rows"]
     print(
         f"{args.mode}, {args.steps} DDIM steps, s_t = {s_text}, s_i = {s_image}, seeds {args.seeds}: "
-        f"{len(rows)} videos of {len(config.photos)} held-out photos x 6 captions ({time.time() - started:.0f} s)"
+        f"{len(rows)} videos of {len(config.photos)} photos ({', '.join(config.photos)}) x 6 captions ({time.time() - started:.0f} s)"
     )
     print(f"motion accuracy {figures['accuracy']:.2f} (chance {CHANCE:.2f})")
     print(

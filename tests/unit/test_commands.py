@@ -177,3 +177,14 @@ def test_a_checkpoint_without_its_recipe_rebuilds_the_model_but_asks_for_the_sha
     assert recipe.model_class == "dv.lit.T2VModule" and "data" not in recipe.config
     with pytest.raises(ConfigError, match="--frames and --size"):
         recipe.video_shape()
+
+
+def test_card_animates_the_held_out_photos_unless_told_which():
+    """`dv card --photos`: the four held-out photos by default, any camera-pans photo by name, a clear error else."""
+    from dv.data.camera_pans import VAL_PHOTOS
+
+    base = ["card", "--recipe", "r.yaml", "--ckpt", "m.safetensors", "--val-shards", "v"]
+    assert tuple(build_parser().parse_args(base).photos) == VAL_PHOTOS
+    assert build_parser().parse_args([*base, "--photos", "astronaut", "coffee"]).photos == ["astronaut", "coffee"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--photos", "nowhere"])

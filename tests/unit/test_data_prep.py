@@ -525,3 +525,26 @@ def test_adapter_meta_lands_in_the_clip_json(tmp_path):
     build({"val": camera_pans.records(Namespace(seed=0))["val"][:1]}, cfg, quiet=True)
     (sample,) = read_shards(tmp_path, "val")
     assert sample["meta"]["extra"] == {"photo": "coffee", "move": "pan-left"} and sample["meta"]["stride"] == 1
+
+
+def test_pan_speed_sets_how_far_pans_move_per_frame():
+    """`--pan-speed 3 3`: every pan moves 3 output pixels per frame (dv's motion estimator measures it), where the
+    default range gives each clip its own speed; the default renders as before and records no setting."""
+    fixed = camera_pans.PanRenderer("astronaut", "pan-right", seed=0, pan_speed=(3.0, 3.0))
+    sizes = [estimate_motion(fixed.render(k, 8, 64)).size for k in range(4)]
+    assert np.allclose(sizes, 3.0, atol=0.25), sizes
+    varied = [
+        estimate_motion(camera_pans.PanRenderer("astronaut", "pan-right", seed=0).render(k, 8, 64)).size
+        for k in range(4)
+    ]
+    assert max(varied) - min(varied) > 0.3, varied
+    assert np.array_equal(
+        camera_pans.PanRenderer("chelsea", "pan-up", seed=0, pan_speed=camera_pans.DEFAULT_PAN_SPEED).render(2, 4, 32),
+        camera_pans.PanRenderer("chelsea", "pan-up", seed=0).render(2, 4, 32),
+    )
+    splits = camera_pans.records(Namespace(seed=0, pan_speed=[3, 3], synthetic_photos=1))
+    assert {r.video.pan_speed for r in splits["train"] + splits["val"]} == {(3.0, 3.0)}
+    assert camera_pans.settings(Namespace(seed=0, pan_speed=[3, 3])) == {"pan_speed": [3.0, 3.0]}
+    assert camera_pans.settings(Namespace(seed=0, pan_speed=[2.5, 4.5])) == {}
+    with pytest.raises(ConfigError, match="--pan-speed"):
+        camera_pans.settings(Namespace(seed=0, pan_speed=[4, 3]))
