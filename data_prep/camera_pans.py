@@ -207,7 +207,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def settings(args: argparse.Namespace) -> dict[str, int]:
+def settings(args: argparse.Namespace) -> dict[str, int | list[float]]:
     """camera-pans' options recorded in each shard's settings (none at their defaults: earlier builds stay whole)."""
     views = getattr(args, "photo_views", 1)
     synthetic = getattr(args, "synthetic_photos", 0)
