@@ -28,3 +28,17 @@ def held_out_clips(pattern: str, frames: int, size: int) -> list[tuple[np.ndarra
         for batch in data.val_dataloader()
         for v, m in zip(batch["video"], batch["meta"])
     ]
+
+
+def per_move(clips: list[tuple[np.ndarray, str, str]], count: int) -> list[tuple[np.ndarray, str, str]]:
+    """The first `count` clips of each (photo, motion), in their order: every photo and caption, fewer clips."""
+    if count < 1:
+        raise ConfigError(f"--clips-per-move must be 1 or more, not {count}")
+    seen: dict[tuple[str, str], int] = {}
+    kept = []
+    for clip in clips:
+        key = (clip[1], clip[2])
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] <= count:
+            kept.append(clip)
+    return kept

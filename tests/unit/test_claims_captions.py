@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from dv.claims.captions import caption_losses, probe, top1_rate
+from dv.claims.inputs import per_move
 from dv.claims.motion import MOTIONS
+from dv.cli import build_parser
+from dv.errors import ConfigError
 from tests.tiny import tiny_t2v
 
 
@@ -50,3 +53,16 @@ def test_the_probe_sees_a_model_that_reads_the_caption():
     truth = np.array([MOTIONS.index(m) for _, _, m in clips()])
     assert row["top1"] == pytest.approx(top1_rate(caption_losses(module, clips(), 500), truth))
     assert row["own_loss"] == pytest.approx(caption_losses(module, clips(), 500)[np.arange(6), truth].mean())
+
+
+def test_clips_per_move_keeps_every_photo_and_caption_with_fewer_clips():
+    """`dv probe-captions --clips-per-move 2`: the first two clips of each photo and move, in their order."""
+    clips = [(np.full((1,), i), photo, move) for i in range(3) for photo in ("moon", "rocket") for move in MOTIONS[:2]]
+    kept = per_move(clips, 2)
+    assert [int(c[0][0]) for c in kept] == [0] * 4 + [1] * 4
+    assert {(c[1], c[2]) for c in kept} == {(c[1], c[2]) for c in clips}
+    assert per_move(clips, 5) == clips
+    with pytest.raises(ConfigError, match="--clips-per-move"):
+        per_move(clips, 0)
+    args = build_parser().parse_args(["probe-captions", "--model", "a=r.yaml,m.ckpt", "--val-shards", "v"])
+    assert args.clips_per_move is None
