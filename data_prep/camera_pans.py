@@ -11,9 +11,9 @@ resampling), rendered straight at ``--size``.
 Motion conventions, as seen in the rendered frames: "pans left" moves the
 window left over the photo, so the picture content drifts *right* in the
 frame; "pans up" makes content drift down; "zooms in" shrinks the window, so
-content grows. Pans move 2.5-4.5 output pixels per frame (``--pan-speed``) and zooms change
-scale by 2-3% per frame, steady over the clip, so phase correlation between
-consecutive frames recovers the direction.
+content grows. Pans move 2.5-4.5 output pixels per frame (``--pan-speed``)
+and zooms change scale by 2-3% per frame, steady over the clip, so phase
+correlation between consecutive frames recovers the direction.
 
 Synthetic clips have no source stride: frames are rendered one per clip frame,
 ``meta.stride`` is 1 and ``frame_indices`` are 0..T-1 whatever ``--stride``

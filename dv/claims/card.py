@@ -23,7 +23,7 @@ from einops import rearrange
 
 from dv.checkpoint import load_trained, recipe_video_shape
 from dv.claims.experiment import ClaimsConfig, ClaimsRun
-from dv.claims.inputs import held_out_clips
+from dv.claims.inputs import held_out_clips, per_move
 from dv.claims.motion import estimate_motion
 from dv.claims.report import CHANCE, accuracy, confusion_table
 from dv.data.camera_pans import PHOTOS, VAL_PHOTOS
@@ -41,10 +41,7 @@ def energy(frames: np.ndarray) -> float:
 
 def clips_motion_size(clips: list[tuple[np.ndarray, str, str]]) -> float:
     """Mean motion size (pixels per frame) of the first held-out clip of each (photo, motion): the real clips' 1x."""
-    first: dict[tuple[str, str], np.ndarray] = {}
-    for frames, photo, motion in clips:
-        first.setdefault((photo, motion), frames)
-    return float(np.mean([estimate_motion(frames).size for frames in first.values()]))
+    return float(np.mean([estimate_motion(frames).size for frames, _, _ in per_move(clips, 1)]))
 
 
 def card_figures(module, config: ClaimsConfig, mode: str, s_text: float, s_image: float, real: np.ndarray) -> dict:
@@ -98,7 +95,8 @@ def run(args: argparse.Namespace) -> None:
     rows = figures["rows"]
     print(
         f"{args.mode}, {args.steps} DDIM steps, s_t = {s_text}, s_i = {s_image}, seeds {args.seeds}: "
-        f"{len(rows)} videos of {len(config.photos)} photos ({', '.join(config.photos)}) x 6 captions ({time.time() - started:.0f} s)"
+        f"{len(rows)} videos of {len(config.photos)} photos ({', '.join(config.photos)}) x 6 captions "
+        f"({time.time() - started:.0f} s)"
     )
     print(f"motion accuracy {figures['accuracy']:.2f} (chance {CHANCE:.2f})")
     print(
