@@ -127,7 +127,9 @@ def ddim_tables(scheduler: DDIMScheduler, steps: int, eta: float, device: torch.
     # DDIMScheduler._get_variance and step, term by term in the same order (same float32 roundings).
     variance = ((1 - alpha_prev) / beta) * (1 - alpha / alpha_prev)
     sigma = eta * variance ** (0.5)
-    direction = (1 - alpha_prev - sigma**2) ** (0.5)
+    # Clamped where diffusers is not: on a zero-terminal-SNR schedule with eta = 1 the first step's 1 − ᾱ_prev − σ²
+    # is 0, which float32 may round below 0 (a NaN video from step one).
+    direction = (1 - alpha_prev - sigma**2).clamp(min=0) ** (0.5)
     tables = [timesteps, alpha ** (0.5), beta ** (0.5), alpha_prev ** (0.5), direction, sigma]
     return DDIMTables(*(x.to(device) for x in tables), prediction_type=scheduler.config.prediction_type)
 
