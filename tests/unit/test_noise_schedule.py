@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from dv.diffusion.sampling import ddim_scheduler
+from dv.diffusion.sampling import ddim_scheduler, ddim_step, ddim_tables
 from dv.errors import ConfigError
 from dv.lit.t2v import DiffusionConfig, T2VModule
 
@@ -49,3 +49,16 @@ def test_zero_snr_needs_v_prediction():
         T2VModule(diffusion=DiffusionConfig(prediction_type="epsilon", rescale_betas_zero_snr=True))
     with pytest.raises(ConfigError, match="timestep_spacing"):
         T2VModule(diffusion=DiffusionConfig(timestep_spacing="sideways"))
+
+
+@pytest.mark.parametrize("steps", [20, 50])
+def test_ddpm_like_steps_on_a_zero_terminal_snr_schedule_stay_finite(steps):
+    """eta = 1 from t = 999 of a zero-SNR schedule: the first step's ε weight is 0, not a rounded-negative square root
+    (diffusers' own DDIM step gives NaN there at 50 trailing steps)."""
+    m = T2VModule(diffusion=DiffusionConfig(**ZERO_SNR))
+    tables = ddim_tables(ddim_scheduler(m.noise_scheduler), steps, 1.0)
+    assert torch.isfinite(tables.direction).all()
+    assert tables.direction[0] < 1e-3
+    g = torch.Generator().manual_seed(0)
+    sample, out, noise = (torch.randn(2, 4, 3, 5, 5, generator=g) for _ in range(3))
+    assert torch.isfinite(ddim_step(tables, 0, out, sample, noise)).all()
